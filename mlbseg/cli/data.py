@@ -1,0 +1,46 @@
+"""``mlbseg synth`` and ``mlbseg prepare``: raw volumes in, the prepared slice dataset out (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def synth(
+    out: Path = typer.Argument(..., help="Folder to write CaseNN.mhd/.raw phantoms into."),
+    cases: int = typer.Option(50, "--cases", min=1, help="Number of cases."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
+) -> None:
+    """Write PROMISE12-layout MR phantoms with gland masks, for demos and tests."""
+    from mlbseg.prep.synth import write_phantoms
+
+    write_phantoms(out, cases=cases, seed=seed, overwrite=overwrite)
+
+
+def prepare(
+    raw: Path = typer.Argument(..., help="Folder of raw volumes (PROMISE12 .mhd, NIfTI pairs, or MSD Task05)."),
+    prepared: Path = typer.Argument(..., help="Output folder for manifest.json and cases/*.npz."),
+    size: int = typer.Option(144, "--size", min=16, help="In-plane slice size in pixels."),
+    split: str = typer.Option("random", "--split", help="'paper', 'random', or a YAML/JSON split file."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random split and the noisy masks."),
+    channel: int = typer.Option(0, "--channel", help="Image channel of 4-D volumes (MSD Task05: 0 = T2)."),
+    labels: str = typer.Option("binary", "--labels", help="'binary' (0/1 only) or 'merge' (label > 0)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace PREPARED if it exists."),
+) -> None:
+    """Slice volumes to SIZE×SIZE, normalise, split, and add calibrated L1–L3 noisy masks."""
+    from mlbseg.prep.prepare import prepare_dataset
+
+    prepare_dataset(
+        raw,
+        prepared,
+        size=size,
+        split=split,
+        seed=seed,
+        channel=channel,
+        labels=labels,
+        jobs=jobs,
+        overwrite=overwrite,
+    )

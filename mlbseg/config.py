@@ -1,0 +1,159 @@
+"""Strict YAML configs: frozen dataclass schemas, dotted ``--set`` overrides, and a saved resolved copy.
+
+Precedence is dataclass defaults < YAML file < ``--set key.sub=value``. Unknown keys are errors with a
+"did you mean" suggestion, values are checked and coerced to the schema's types (``5e-4`` in YAML is a
+float, ``--set meta.enabled=false`` is ``False``), and a field may restrict its values with
+``field(metadata={"choices": (...)})``. Every problem is a :class:`~mlbseg.errors.UserError` naming the
+file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mlbseg.errors import UserError
+
+T = TypeVar("T")
+
+
+def choice(default: Any, choices: Sequence[Any]) -> Any:
+    """A dataclass field whose value must be one of ``choices``."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+def load_config(schema: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Build a validated ``schema`` instance from a YAML file and ``key.sub=value`` overrides.
+
+    Args:
+        schema: A frozen dataclass whose fields are scalars, tuples or nested dataclasses.
+        path: The YAML file (a mapping); None uses the schema's defaults only.
+        overrides: Dotted assignments, values parsed as YAML (``--set optim.lr=0.01``).
+    """
+    source = str(path) if path is not None else "defaults"
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = _read_yaml(Path(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+        _assign(values, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
+        source = f"{source} (with --set)"
+    return _build(schema, values, prefix="", source=source)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Write ``config`` as YAML that :func:`load_config` reads back to an equal object."""
+    text = yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
+    Path(path).write_text(text)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict of a config dataclass (tuples become lists), for YAML, JSON and checkpoints."""
+    return _plain(dataclasses.asdict(config))
+
+
+def config_from_dict(schema: type[T], values: Mapping[str, Any], source: str = "checkpoint") -> T:
+    """Rebuild a config from :func:`to_dict` output (e.g. the copy embedded in a checkpoint)."""
+    return _build(schema, dict(values), prefix="", source=source)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UserError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded
+
+
+def _assign(values: dict[str, Any], keys: list[str], value: Any) -> None:
+    node = values
+    for key in keys[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[keys[-1]] = value
+
+
+def _build(schema: type[T], values: dict[str, Any], prefix: str, source: str) -> T:
+    fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(schema)
+    for key in values:
+        if key not in fields:
+            where = f"{prefix}{key}"
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(fields)}"
+            raise UserError(f"{source}: unknown config key '{where}'{hint}")
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in values:
+            continue
+        key = f"{prefix}{name}"
+        value = _coerce(hints[name], values[name], key, source)
+        allowed = field.metadata.get("choices")
+        if allowed is not None and value not in allowed:
+            raise UserError(f"{source}: '{key}' must be one of {list(allowed)}, got {value!r}")
+        kwargs[name] = value
+    return schema(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise UserError(f"{source}: '{key}' is a section; expected a mapping, got {value!r}")
+        return _build(hint, value, prefix=f"{key}.", source=source)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [option for option in options if option is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{source}: '{key}' must be a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(hint)
+        return tuple(_coerce(item_type, item, key, source) for item in value)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{source}: '{key}' must be an integer, got {value!r}")
+    if hint is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"{source}: '{key}' must be a number, got {value!r}") from None
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{source}: '{key}' must be a string, got {value!r}")
+    raise TypeError(f"unsupported config field type {hint!r} for '{key}'")
