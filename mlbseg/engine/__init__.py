@@ -1,0 +1,1 @@
+"""Task-agnostic training machinery: optimizer, schedule, checkpoints, EMA, logging, run folders."""

@@ -1,0 +1,47 @@
+"""Atomic checkpoint files: a crash while saving never leaves a half-written ``last.pt``.
+
+A checkpoint is a plain dict (model, optimizer, scheduler, EMA teacher, generator and stream states, epoch,
+metric history, the resolved config) written with ``torch.save`` to a temporary sibling and renamed over
+the target, so the previous checkpoint stays valid until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlbseg.errors import UserError
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`; a missing or corrupt file is a user error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise UserError(f"{path}: not a readable mlbseg checkpoint ({type(err).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path}: not an mlbseg checkpoint (no 'model' entry)")
+    return state

@@ -1,0 +1,53 @@
+"""Index streams on the training device: epoch permutations and the infinite meta-batch stream.
+
+The reference re-created its meta loader iterator every step (REFERENCE.md §7 items 1–2); here one stream
+lives for the whole run, reshuffles when exhausted, and its position is part of the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class IndexStream:
+    """Endless batches of indices into ``range(size)``: a fresh random permutation each pass.
+
+    Batches never straddle two passes: a pass yields ``size // batch_size`` full batches (at least one,
+    drawing with replacement when ``size < batch_size``).
+    """
+
+    def __init__(self, size: int, batch_size: int, generator: torch.Generator) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.generator = generator
+        self._order = torch.empty(0, dtype=torch.long, device=generator.device)
+        self._position = 0
+
+    def _reshuffle(self) -> None:
+        device = self.generator.device
+        if self.size >= self.batch_size:
+            self._order = torch.randperm(self.size, generator=self.generator, device=device)
+        else:
+            self._order = torch.randint(
+                self.size, (self.batch_size,), generator=self.generator, device=device
+            )
+        self._position = 0
+
+    def next(self) -> torch.Tensor:
+        """The next batch of indices, [batch_size] int64 on the generator's device."""
+        if self._position + self.batch_size > len(self._order):
+            self._reshuffle()
+        batch = self._order[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Permutation and position (the generator's state is saved by its owner)."""
+        return {"order": self._order.cpu(), "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken."""
+        self._order = state["order"].to(self.generator.device)
+        self._position = state["position"]

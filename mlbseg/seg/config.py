@@ -1,0 +1,112 @@
+"""The segmentation run config (``mlbseg train CONFIG``): schema, defaults and the method switch.
+
+Defaults are the paper's PROMISE12 settings (REFERENCE.md §6.11): SGD lr 0.005, momentum 0.9, weight decay
+5e-4, the 20/(epoch + 20) schedule, gradient clipping at 0.2, train batch 1 (five views), meta batch 2.
+YAML files in ``configs/seg/`` override them; ``--set key.sub=value`` overrides the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlbseg.config import choice
+from mlbseg.engine.config import OptimConfig, ScheduleConfig
+
+METHODS = ("baseline", "baseline_plus_meta", "l2rw", "mlbseg")
+NOISE_LEVELS = ("L1", "L2", "L3", "clean")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared dataset and which training labels; the dataset-level augmentation."""
+
+    prepared: str = "prepared"  # folder written by `mlbseg prepare`
+    noise: str = choice("L2", NOISE_LEVELS)  # training labels: noisy_L1..L3 or the clean masks
+    flip_prob: float = 0.5  # horizontal flip, same for image and masks
+    rotation_degrees: float = 10.0  # uniform in ±degrees, same for image and masks
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """UNet++ from segmentation-models-pytorch (encoder_depth 4 so 144×144 works)."""
+
+    arch: str = choice("unetplusplus", ("unetplusplus", "unet"))
+    encoder: str = "resnet34"
+    encoder_depth: int = 4
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
+    encoder_weights: str | None = None  # path to a local encoder state dict; nothing is downloaded
+
+
+@dataclass(frozen=True)
+class ViewsConfig:
+    """MLB-Seg's five views (identity, zoom-in, two zoom-outs, flip) and their pseudo-label."""
+
+    enabled: bool = True
+    zoom_pads: tuple[int, ...] = tuple(range(4, 31, 2))  # pixels per side, drawn per sample
+
+
+@dataclass(frozen=True)
+class EMAConfig:
+    """Mean-teacher consistency (MLB-Seg's EMA option)."""
+
+    enabled: bool = False
+    decay: float = 0.99
+    noise_std: float = 0.02  # Gaussian noise on the teacher's input
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """The method switch (DESIGN.md §4) and the meta engine's settings."""
+
+    name: str = choice("mlbseg", METHODS)
+    engine: str = choice("forward", ("forward", "lookahead"))  # exact first-order form, or the reference's
+    normalize: str = "org"  # see mlbseg.meta: clamp_sum (org), softmax_per_sample, sigmoid_sum, ...
+    temperature: float = 1.0
+    meta_batch_size: int = 2  # clean meta slices per step (each expanded to five views when enabled)
+    consistency_weight: float = 0.0  # MLB-Seg multi-view consistency; 0 = off
+    warmup_epochs: int = 0  # epochs of plain mean BCE on the noisy labels before meta-weighting starts
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+
+    @property
+    def uses_meta_weights(self) -> bool:
+        """α (and β) come from the meta engine: l2rw and mlbseg."""
+        return self.name in ("l2rw", "mlbseg")
+
+    @property
+    def uses_pseudo_labels(self) -> bool:
+        """β weights a pseudo-label: mlbseg only."""
+        return self.name == "mlbseg"
+
+    @property
+    def trains_on_meta_batch(self) -> bool:
+        """Every method but the plain baseline also takes a supervised step on the clean meta batch."""
+        return self.name != "baseline"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop length, batch size, device and reproducibility."""
+
+    epochs: int = 100
+    batch_size: int = 1  # training slices per step (each expanded to five views when enabled)
+    steps_per_epoch: int | None = None  # None = one pass over the training slices
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16/fp16 autocast for the real steps on CUDA (ignored on CPU)
+    deterministic: bool = True  # deterministic kernels: resume reproduces an uninterrupted run
+    log_every: int = 50  # steps between progress/TensorBoard updates (the only host syncs in a step)
+
+
+@dataclass(frozen=True)
+class SegConfig:
+    """A whole segmentation run."""
+
+    name: str = "promise12_mlbseg"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
