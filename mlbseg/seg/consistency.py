@@ -1,0 +1,51 @@
+"""Multi-view consistency loss of MLB-Seg (REFERENCE.md §6.7), symmetric and restricted to valid pixels.
+
+Deviations from the reference, on purpose:
+
+- All 10 view pairs of a sample are compared in one common frame (the identity view's) instead of in the
+  lower-indexed view's geometry; each pair is compared only where both views saw the pixel, so the border a
+  zoom-in cropped away no longer pulls the other views toward 0 (§7.43).
+- Gradient flows into *both* views of every pair. The reference detaches the mapped view through a
+  numpy/cv2 round trip (§7.44), which makes the loss one-sided for reasons of implementation, not design.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from mlbseg.seg.views import NUM_VIEWS, ViewParams, reference_frame_float
+
+
+def multiview_consistency(view_probs: Tensor, params: ViewParams) -> Tensor:
+    """Mean squared difference between every pair of a sample's views, in the identity view's frame.
+
+    For each sample and each of the C(5, 2) = 10 view pairs, the squared difference of the two back-mapped
+    maps is averaged over the pixels both views saw; the loss is the mean over pairs and samples.
+
+    Args:
+        view_probs: [5B, C, H, W] probabilities in [0, 1] of the views, sample-major (from ``make_views``).
+        params: The views' geometry from :func:`mlbseg.seg.views.make_views`.
+
+    Returns:
+        Scalar loss, differentiable w.r.t. every view; float32 (float64 for float64 input), as autocast
+        computes losses, so half-precision probabilities do not lose the small differences.
+    """
+    maps, valid = reference_frame_float(view_probs, params)  # [5B, C, H, W], [5B, 1, H, W]
+    batch = params.batch_size
+    maps = maps.reshape(batch, NUM_VIEWS, -1)  # [B, 5, C·H·W]
+    valid = valid.expand_as(view_probs).reshape(batch, NUM_VIEWS, -1)  # [B, 5, C·H·W]
+    first, second = _view_pairs(view_probs.device)  # [10] each
+    both = valid[:, first] & valid[:, second]  # [B, 10, C·H·W]
+    squared = (maps[:, first] - maps[:, second]).square() * both  # [B, 10, C·H·W]
+    per_pair = squared.sum(dim=-1) / both.sum(dim=-1).clamp(min=1)  # [B, 10]
+    return per_pair.mean()
+
+
+@functools.lru_cache(maxsize=4)
+def _view_pairs(device: torch.device) -> tuple[Tensor, Tensor]:
+    """Indices (i, j), i < j, of the 10 view pairs on ``device``, cached."""
+    first, second = torch.triu_indices(NUM_VIEWS, NUM_VIEWS, offset=1, device=device)
+    return first, second

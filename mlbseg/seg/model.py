@@ -1,0 +1,136 @@
+"""Segmentation networks from segmentation-models-pytorch, with weights only from local files (DESIGN.md §4).
+
+The reference's hand-written NestedUNet (REFERENCE.md §6.14) is replaced by smp's UNet++ with a configurable
+encoder. ``encoder_depth=4`` gives an output stride of 16, so 144×144 inputs work (depth 5 needs multiples
+of 32, ECOSYSTEM.md §4). smp is never asked for pretrained weights (it would download them); a local
+encoder state dict can be loaded instead.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import timm
+import torch
+from torch import Tensor, nn
+
+from mlbseg.errors import UserError
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"unetplusplus": smp.UnetPlusPlus, "unet": smp.Unet}
+
+
+def build_model(
+    arch: str = "unetplusplus",
+    encoder: str = "resnet34",
+    encoder_depth: int = 4,
+    decoder_channels: Sequence[int] = (256, 128, 64, 32),
+    in_channels: int = 1,
+    classes: int = 1,
+    encoder_weights: str | None = None,
+) -> nn.Module:
+    """Build an smp encoder-decoder that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
+
+    Args:
+        arch: One of :data:`ARCHITECTURES`.
+        encoder: An smp encoder name (e.g. ``resnet34``) or ``tu-<timm model>``.
+        encoder_depth: Encoder stages (3–5); H and W must be divisible by 2**encoder_depth (16 for 4).
+        decoder_channels: One entry per encoder stage.
+        in_channels: Input image channels.
+        classes: Output channels (logits, no activation).
+        encoder_weights: None for random initialisation, or the path of a local encoder state dict (raw, or
+            under a ``state_dict``/``model`` key); 3-channel first-conv kernels are adapted to
+            ``in_channels`` (summed for 1 channel, as smp does for its own weights).
+
+    Raises:
+        UserError: Unknown architecture or encoder, ``decoder_channels`` of the wrong length, or an encoder
+            weights file that is missing, unreadable or does not match the encoder.
+    """
+    if arch not in ARCHITECTURES:
+        raise UserError(f"Unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    _check_encoder(encoder)
+    if len(decoder_channels) != encoder_depth:
+        raise UserError(
+            f"decoder_channels needs one entry per encoder stage (encoder_depth={encoder_depth}); "
+            f"got {len(decoder_channels)}: {list(decoder_channels)}"
+        )
+    model = ARCHITECTURES[arch](
+        encoder_name=encoder,
+        encoder_depth=encoder_depth,
+        encoder_weights=None,  # never download; local weights are loaded below
+        decoder_channels=tuple(decoder_channels),
+        in_channels=in_channels,
+        classes=classes,
+    )
+    if encoder_weights is not None:
+        load_encoder_weights(model.encoder, Path(encoder_weights))
+    return model
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    """Load a local encoder state dict into ``encoder`` (strict), adapting 3-channel first-conv kernels.
+
+    Raises:
+        UserError: The file is missing or unreadable, or its keys/shapes do not match ``encoder``.
+    """
+    if not path.is_file():
+        raise UserError(
+            f"encoder_weights: {path} is not a file (give a local encoder state dict; nothing is downloaded)"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise UserError(f"encoder_weights: cannot read {path} as a torch state dict ({error})") from error
+    state = _unwrap(loaded)
+    if state is None:
+        raise UserError(f"encoder_weights: {path} holds no state dict (expected tensors by parameter name)")
+    state = _adapt_input_channels(state, encoder.state_dict())
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as error:
+        summary = " ".join(str(error).split())[:300]
+        raise UserError(f"encoder_weights: {path} does not match the encoder: {summary}") from error
+
+
+def _check_encoder(encoder: str) -> None:
+    """Raise a :class:`UserError` listing the choices when ``encoder`` is not a known encoder name."""
+    if encoder.startswith("tu-") and timm.is_model(encoder[3:]):
+        return
+    names = smp.encoders.get_encoder_names()
+    if encoder not in names:
+        raise UserError(f"Unknown encoder {encoder!r}; choose from {sorted(names)} or 'tu-<timm model name>'")
+
+
+def _unwrap(loaded: object) -> dict[str, Tensor] | None:
+    """The tensor mapping in a loaded file: the object itself or its ``state_dict``/``model`` entry."""
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+        if loaded and all(isinstance(value, Tensor) for value in loaded.values()):
+            return dict(loaded)
+    return None
+
+
+def _adapt_input_channels(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adapt conv kernels [O, 3, k, k] to the encoder's input channels where only that dimension differs.
+
+    One channel: sum of the RGB kernels. More: the RGB kernels repeated cyclically, scaled by 3 / channels,
+    so a grey image replicated over the channels gives the same response.
+    """
+    adapted = dict(state)
+    for key, weight in state.items():
+        target = expected.get(key)
+        if target is None or weight.ndim != 4 or weight.shape[1] != 3 or target.shape[1] == 3:
+            continue
+        if weight.shape[:1] + weight.shape[2:] != target.shape[:1] + target.shape[2:]:
+            continue
+        channels = target.shape[1]
+        if channels == 1:
+            adapted[key] = weight.sum(dim=1, keepdim=True)
+        else:
+            adapted[key] = weight[:, torch.arange(channels) % 3] * (3 / channels)
+    return adapted

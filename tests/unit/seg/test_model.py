@@ -1,0 +1,72 @@
+"""smp model construction: 144×144 at depth 4, name checks, local encoder weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlbseg.errors import UserError
+from mlbseg.seg.model import build_model
+
+SMALL = {"encoder": "resnet18", "decoder_channels": (16, 16, 8, 8)}
+
+
+@pytest.mark.parametrize("arch", ["unetplusplus", "unet"])
+def test_144_input_gives_144_logits(arch):
+    model = build_model(arch=arch, **SMALL).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 1, 144, 144))
+    assert logits.shape == (2, 1, 144, 144)
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(UserError, match=r"'unetplusplus'.*") as error:
+        build_model(arch="unet+++")
+    assert "unet" in str(error.value)
+    with pytest.raises(UserError, match=r"Unknown encoder 'resnet35'.*'resnet34'"):
+        build_model(encoder="resnet35")
+    with pytest.raises(UserError, match="decoder_channels"):
+        build_model(encoder="resnet18", decoder_channels=(16, 8))
+
+
+@pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
+def test_local_rgb_weights_are_loaded_and_summed_to_one_channel(tmp_path, wrap):
+    source = build_model(in_channels=3, **SMALL)
+    state = source.encoder.state_dict()
+    path = tmp_path / "encoder.pt"
+    torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
+    model = build_model(in_channels=1, encoder_weights=str(path), **SMALL)
+    loaded = model.encoder.state_dict()
+    torch.testing.assert_close(loaded["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
+    for key in ("layer4.1.conv2.weight", "bn1.running_var", "layer1.0.bn1.bias"):
+        torch.testing.assert_close(loaded[key], state[key])
+
+
+def test_local_weights_same_channels_load_exactly(tmp_path):
+    source = build_model(**SMALL)
+    path = tmp_path / "encoder.pth"
+    torch.save(source.encoder.state_dict(), path)
+    model = build_model(encoder_weights=str(path), **SMALL)
+    for key, value in source.encoder.state_dict().items():
+        torch.testing.assert_close(model.encoder.state_dict()[key], value)
+
+
+def test_bad_weight_files_name_the_file(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(UserError, match=r"missing\.pt"):
+        build_model(encoder_weights=str(missing), **SMALL)
+    with pytest.raises(UserError, match="imagenet"):
+        build_model(encoder_weights="imagenet", **SMALL)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match=r"garbage\.pt"):
+        build_model(encoder_weights=str(garbage), **SMALL)
+    other = tmp_path / "other.pt"
+    torch.save(build_model(encoder="resnet34", decoder_channels=(16, 16, 8, 8)).encoder.state_dict(), other)
+    with pytest.raises(UserError, match=r"other\.pt.*does not match"):
+        build_model(encoder_weights=str(other), **SMALL)
+
+
+def test_timm_encoder_names_are_checked_with_timm():
+    with pytest.raises(UserError, match="tu-not_a_model"):
+        build_model(encoder="tu-not_a_model")
