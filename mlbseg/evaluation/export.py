@@ -1,0 +1,180 @@
+"""Read a volume for prediction and write a mask in a reference volume's own geometry.
+
+Arrays are (z, y, x) inside mlbseg (SimpleITK's ``GetArrayFromImage`` order). Geometry uses the convention
+of :mod:`mlbseg.prep.volumes` and the manifest: ``spacing`` in array order (z, y, x) mm, ``origin`` (x, y, z)
+and ``direction`` (3×3 row-major) as in the ITK/LPS file header. Supported files: MetaImage ``.mhd`` (+
+``.raw``) and ``.mha``, NIfTI ``.nii`` and ``.nii.gz``.
+A NIfTI mask written next to a NIfTI reference copies the reference's header with nibabel (affine, qform
+and sform with their codes, units), so no geometry is lost in a SimpleITK round trip; every other pairing
+goes through SimpleITK with the reference's size, spacing, origin and direction. Outputs are written into a
+temporary folder beside the target and renamed into place (for ``.mhd``: the ``.raw`` first, then the
+header), so an interrupted write never leaves a half-written mask under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from mlbseg.errors import UserError
+
+FORMATS = (".mhd", ".mha", ".nii", ".nii.gz")
+NIFTI = (".nii", ".nii.gz")
+
+Geometry = dict[str, list[float]]
+
+
+def volume_format(path: Path) -> str:
+    """The extension of ``path`` among :data:`FORMATS`; anything else is a UserError."""
+    name = path.name.lower()
+    for ext in sorted(FORMATS, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    raise UserError(f"{path}: unsupported volume format; use one of {', '.join(FORMATS)}")
+
+
+def _unreadable(path: Path, what: str) -> UserError:
+    # ITK's own message adds a source line and an unrelated errno text, so it is replaced by a hint.
+    if volume_format(path) in (".mhd", ".mha"):
+        hint = "check the header and that its data file (usually .raw) is beside it and complete"
+    else:
+        hint = "the file is damaged, truncated or not NIfTI"
+    return UserError(f"{path}: cannot read {what}; {hint}")
+
+
+def _geometry(spacing: tuple, origin: tuple, direction: tuple) -> Geometry:
+    """The first three axes of an N-D (N = 3 or 4) SimpleITK geometry, spacing reversed to (z, y, x)."""
+    dim = len(spacing)
+    matrix = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
+    return {
+        "spacing": [float(s) for s in spacing[:3][::-1]],
+        "origin": [float(o) for o in origin[:3]],
+        "direction": [float(d) for d in matrix.ravel()],
+    }
+
+
+def read_volume_zyx(path: str | Path, channel: int = 0) -> tuple[np.ndarray, Geometry]:
+    """Read a 3-D volume (or one channel of a 4-D one, e.g. MSD Task05 T2+ADC) with SimpleITK.
+
+    Args:
+        path: A ``.mhd`` (data file beside it), ``.mha``, ``.nii`` or ``.nii.gz`` file.
+        channel: Which volume of a 4-D file to return (MSD Task05: 0 = T2, 1 = ADC); only 0 for 3-D.
+
+    Returns:
+        ``(array, geometry)``: the voxels as float32 [Z, Y, X] and ``{"spacing": [sz, sy, sx],
+        "origin": [ox, oy, oz], "direction": 9 floats}`` (module docstring; mm, LPS world coordinates).
+        ``geometry["spacing"]`` is the ``spacing_zyx`` of :func:`~mlbseg.evaluation.metrics.evaluate_volume`.
+
+    Raises:
+        UserError: The file is missing, has an unsupported extension, cannot be read (e.g. a truncated or
+            missing ``.raw``), is not 3-D/4-D, or has no such channel.
+    """
+    path = Path(path)
+    volume_format(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise _unreadable(path, "this volume") from None
+    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (3, 4):
+        raise UserError(f"{path}: expected a 3-D or 4-D scalar volume, got size {image.GetSize()}")
+    array = sitk.GetArrayViewFromImage(image)  # [Z, Y, X] or [C, Z, Y, X]
+    channels = array.shape[0] if image.GetDimension() == 4 else 1
+    if not 0 <= channel < channels:
+        raise UserError(f"{path}: has {channels} channel(s); channel {channel} does not exist")
+    if image.GetDimension() == 4:
+        array = array[channel]
+    geometry = _geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    return np.array(array, dtype=np.float32), geometry
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], Geometry]:
+    """Size (x, y, z) and geometry of a reference volume, without reading its voxels."""
+    if not path.is_file():
+        raise UserError(f"{path}: no such file (reference volume for the mask's geometry)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise _unreadable(path, "the reference volume's header") from None
+    if reader.GetDimension() not in (3, 4):
+        raise UserError(f"{path}: expected a 3-D or 4-D reference volume, got size {reader.GetSize()}")
+    geometry = _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return tuple(reader.GetSize()[:3]), geometry
+
+
+def _write_with_sitk(mask: np.ndarray, geometry: Geometry, target: Path) -> None:
+    image = sitk.GetImageFromArray(mask)  # array (z, y, x) -> image size (x, y, z)
+    image.SetSpacing(geometry["spacing"][::-1])
+    image.SetOrigin(geometry["origin"])
+    image.SetDirection(geometry["direction"])
+    sitk.WriteImage(image, str(target), useCompression=False)  # .nii.gz is compressed by its extension
+
+
+def _write_nifti_like(mask: np.ndarray, reference: Path, target: Path) -> None:
+    try:
+        ref = nib.load(str(reference))
+    except Exception as err:  # nibabel raises several unrelated types for a bad file
+        raise UserError(f"{reference}: cannot read the reference NIfTI header ({err})") from None
+    header = ref.header.copy()
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(1.0, 0.0)  # the reference's intensity scaling does not apply to a label map
+    header["cal_min"], header["cal_max"] = 0.0, 0.0  # nor does its display window
+    data = np.ascontiguousarray(mask.transpose(2, 1, 0))  # file voxel order (i, j, k) = (x, y, z)
+    nib.save(type(ref)(data, ref.affine, header), str(target))
+
+
+def write_mask_like(
+    mask_zyx: np.ndarray, reference_path: str | Path, out_path: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write a label mask with exactly the reference volume's size, spacing, origin and direction.
+
+    Args:
+        mask_zyx: Labels [Z, Y, X] (bool or integers in 0..255, stored as uint8), indexed like the
+            reference's SimpleITK array (:func:`read_volume_zyx`).
+        reference_path: The volume whose geometry the mask takes (any of :data:`FORMATS`; for a 4-D
+            reference its first three axes).
+        out_path: Target file; its extension (one of :data:`FORMATS`) picks the format. A ``.mhd`` gets its
+            uncompressed ``.raw`` alongside; ``.mha`` is written uncompressed too.
+        overwrite: Replace an existing output instead of refusing.
+
+    Returns:
+        ``out_path`` as a Path.
+
+    Raises:
+        UserError: Unsupported extension, unreadable reference, mask shape different from the reference's
+            (z, y, x) size, or an existing output without ``overwrite``.
+    """
+    reference_path, out_path = Path(reference_path), Path(out_path)
+    out_format = volume_format(out_path)
+    size_xyz, geometry = _read_header(reference_path)
+    mask = np.asarray(mask_zyx)
+    if mask.shape != size_xyz[::-1]:
+        raise UserError(
+            f"{reference_path}: mask shape (z, y, x) {mask.shape} differs from the volume's {size_xyz[::-1]}"
+        )
+    if mask.dtype.kind not in "bui":
+        raise ValueError(f"mask_zyx must hold bool or integer labels, got dtype {mask.dtype}")
+    mask = mask.astype(np.uint8)
+    targets = [out_path]
+    if out_format == ".mhd":
+        targets.insert(0, out_path.with_suffix(".raw"))  # data before header
+    if not overwrite and any(target.exists() for target in targets):
+        raise UserError(f"{out_path}: already exists; pass --overwrite to replace it")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as staging:
+        staged = Path(staging) / out_path.name
+        if out_format in NIFTI and reference_path.name.lower().endswith(NIFTI):
+            _write_nifti_like(mask, reference_path, staged)
+        else:
+            _write_with_sitk(mask, geometry, staged)
+        for target in targets:
+            os.replace(Path(staging) / target.name, target)
+    return out_path
