@@ -1,0 +1,98 @@
+"""The prepared dataset on disk (DESIGN.md §2): ``manifest.json`` plus one ``cases/<id>.npz`` per case.
+
+``manifest.json`` keys: ``format_version`` (:data:`FORMAT_VERSION`), ``mlbseg_version``, ``source`` (raw
+folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` (binary/merge),
+``channel``, ``layout`` (pairs/msd), ``split`` ({train, meta, test: sorted ids}), ``noise`` ({level:
+{target, strength, mean_dice}}) and ``cases``: {id: {id, split, num_slices, original_shape (z, y, x),
+spacing (mm, z, y, x), origin (mm, x, y, z), direction (9 floats, row-major), intensity_window, source_files
+{image, mask} (relative to ``source``), and for train cases noisy_dice {L1, L2, L3}}} (geometry conventions:
+:mod:`mlbseg.prep.volumes`).
+
+``cases/<id>.npz`` (plain ``numpy.load``, no pickle): ``image`` float32 [S, size, size] in [0, 1]
+(:mod:`mlbseg.prep.normalize`), ``mask`` uint8 [S, size, size] 0/1, ``mask_original`` uint8 [S, H, W]
+0/1 (the reference at original resolution), and for train cases ``noisy_L1``, ``noisy_L2``,
+``noisy_L3`` uint8 [S, size, size] 0/1. Masks are deflated, images stored; zip timestamps are fixed, so the
+same input and seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlbseg.errors import UserError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CASES = "cases"
+_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def case_path(prepared: str | Path, case_id: str) -> Path:
+    """``PREPARED/cases/<id>.npz``."""
+    return Path(prepared) / CASES / f"{case_id}.npz"
+
+
+def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` for ``numpy.load``; identical arrays give identical bytes.
+
+    Integer arrays (masks) are deflated; float arrays are stored as they are, since their noisy mantissas
+    shrink by about 10% for most of the write time.
+    """
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+            info.compress_type = zipfile.ZIP_STORED if array.dtype.kind == "f" else zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, read into memory; UserError if it is missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"{path}: no such file; was the prepared folder written completely by `mlbseg prepare`?"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise UserError(f"{path}: cannot read this case file ({err}); run `mlbseg prepare` again") from None
+
+
+def load_case(prepared: str | Path, case_id: str) -> dict[str, np.ndarray]:
+    """The arrays of one prepared case (``image``, ``mask``, ``mask_original``, ``noisy_L*`` for train)."""
+    return load_npz(case_path(prepared, case_id))
+
+
+def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> None:
+    """Write ``manifest.json`` (keys in insertion order, indented, trailing newline)."""
+    text = json.dumps(manifest, indent=1, ensure_ascii=False)
+    (Path(folder) / MANIFEST).write_text(text + "\n", encoding="utf-8")
+
+
+def load_manifest(prepared: str | Path) -> dict[str, Any]:
+    """Read ``PREPARED/manifest.json``; UserError if it is missing, unreadable or of another format."""
+    path = Path(prepared) / MANIFEST
+    if not Path(prepared).is_dir():
+        raise UserError(f"{prepared}: no such folder; create it with `mlbseg prepare RAW {prepared}`")
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {prepared} is not a folder written by `mlbseg prepare`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({err}); run `mlbseg prepare` again") from None
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise UserError(
+            f"{path}: format version {version!r}, but this mlbseg reads version {FORMAT_VERSION}; "
+            "run `mlbseg prepare` again with this version"
+        )
+    return manifest

@@ -1,0 +1,121 @@
+"""Which cases train on noisy labels, which form the clean meta set, which are held out for testing.
+
+Three ways (``mlbseg prepare --split``):
+
+- ``paper``: the published PROMISE12 split (REFERENCE.md §6.2): 37 train, 3 meta, 10 test; needs
+  Case00–Case49 (other cases present are left out);
+- ``random``: the same 37/3/10 proportions of any number (≥ 3) of cases, at least one per split, drawn
+  from ``SeedSequence(seed, spawn_key=(1,))`` over the sorted ids (independent of listing order);
+- a YAML or JSON file with the keys ``train``, ``meta`` and ``test``, each a non-empty list of case ids.
+
+A split is ``{"train": [...], "meta": [...], "test": [...]}`` with sorted ids; cases in none of the
+three lists are not prepared.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mlbseg.errors import UserError
+
+SPLITS = ("train", "meta", "test")
+PAPER_META = ("Case29", "Case14", "Case05")
+PAPER_TEST = (
+    "Case16",
+    "Case35",
+    "Case34",
+    "Case49",
+    "Case23",
+    "Case12",
+    "Case28",
+    "Case43",
+    "Case20",
+    "Case13",
+)
+PAPER_CASES = tuple(f"Case{index:02d}" for index in range(50))
+PROPORTIONS = {"meta": 3 / 50, "test": 10 / 50}
+_RANDOM_SPLIT_STREAM = 1  # spawn key: keeps the split's draws apart from other uses of the seed
+
+Split = dict[str, list[str]]
+
+
+def paper_split(available: Sequence[str]) -> Split:
+    """The published 37/3/10 PROMISE12 split; UserError naming the missing ids if any are absent."""
+    missing = sorted(set(PAPER_CASES) - set(available))
+    if missing:
+        shown = ", ".join(missing[:5]) + (", …" if len(missing) > 5 else "")
+        raise UserError(f"--split paper needs PROMISE12 cases Case00–Case49; missing {len(missing)}: {shown}")
+    held_out = set(PAPER_META) | set(PAPER_TEST)
+    train = [case for case in PAPER_CASES if case not in held_out]
+    return {"train": train, "meta": sorted(PAPER_META), "test": sorted(PAPER_TEST)}
+
+
+def random_split(available: Sequence[str], seed: int) -> Split:
+    """37/3/10 proportions of ``available`` (rounded, at least one case each), seeded.
+
+    Example:
+        >>> {name: len(ids) for name, ids in random_split([f"c{i}" for i in range(50)], seed=0).items()}
+        {'train': 37, 'meta': 3, 'test': 10}
+    """
+    ids = sorted(available)
+    if len(ids) < 3:
+        raise UserError(f"--split random needs at least 3 cases (one per split); found {len(ids)}")
+    sizes = {name: max(1, int(np.floor(len(ids) * share + 0.5))) for name, share in PROPORTIONS.items()}
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_RANDOM_SPLIT_STREAM,)))
+    order = [ids[i] for i in rng.permutation(len(ids))]
+    meta, test = order[: sizes["meta"]], order[sizes["meta"] : sizes["meta"] + sizes["test"]]
+    return {"train": sorted(order[len(meta) + len(test) :]), "meta": sorted(meta), "test": sorted(test)}
+
+
+def _read_split_file(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: cannot read the split file ({reason})") from None
+    if not isinstance(content, dict):
+        raise UserError(f"{path}: expected a mapping with keys train, meta, test")
+    return content
+
+
+def file_split(path: Path, available: Sequence[str]) -> Split:
+    """Read and validate a split file: known keys, non-empty lists of known, non-repeated ids."""
+    content = _read_split_file(path)
+    unknown_keys = sorted(set(content) - set(SPLITS))
+    if unknown_keys:
+        raise UserError(
+            f"{path}: unknown key(s) {', '.join(map(str, unknown_keys))}; expected train, meta, test"
+        )
+    split: Split = {}
+    for name in SPLITS:
+        ids = content.get(name)
+        if not isinstance(ids, list) or not ids or not all(isinstance(case, str) for case in ids):
+            raise UserError(f"{path}: '{name}' must be a non-empty list of case ids (strings)")
+        split[name] = sorted(ids)
+    listed = Counter(case for name in SPLITS for case in split[name])
+    repeated = sorted(case for case, count in listed.items() if count > 1)
+    if repeated:
+        raise UserError(
+            f"{path}: case(s) listed more than once (splits must not overlap): {', '.join(repeated)}"
+        )
+    unknown = sorted(set(listed) - set(available))
+    if unknown:
+        raise UserError(f"{path}: unknown case id(s) not found in the raw folder: {', '.join(unknown[:5])}")
+    return split
+
+
+def make_split(spec: str, available: Sequence[str], seed: int) -> Split:
+    """Resolve ``--split`` (``paper``, ``random`` or a file path) against the ``available`` case ids."""
+    if spec == "paper":
+        return paper_split(available)
+    if spec == "random":
+        return random_split(available, seed)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--split {spec}: expected 'paper', 'random' or a YAML/JSON split file; no such file")
+    return file_split(path, available)
