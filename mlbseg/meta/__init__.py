@@ -1,0 +1,19 @@
+"""The meta-weighting engine: per-element weights α and β of one training step (DESIGN.md §3).
+
+``bootstrap_weights`` is the API; ``get_normalizer`` and ``NORMALIZERS`` name the weight normalisations.
+This package imports only torch and itself, so both tasks (segmentation, classification) can use it.
+"""
+
+from __future__ import annotations
+
+from mlbseg.meta.normalize import NORMALIZERS, Normalizer, get_normalizer, resolve_normalizer_name
+from mlbseg.meta.weights import METHODS, bootstrap_weights
+
+__all__ = [
+    "METHODS",
+    "NORMALIZERS",
+    "Normalizer",
+    "bootstrap_weights",
+    "get_normalizer",
+    "resolve_normalizer_name",
+]

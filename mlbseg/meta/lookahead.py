@@ -1,0 +1,116 @@
+"""The virtual SGD step: look-ahead parameters θ̂ from the real optimiser's settings and momentum buffers.
+
+For one parameter p with gradient g, ``torch.optim.SGD`` (maximize=False) computes::
+
+    d = g + λ·p                                   (weight decay λ)
+    b' = d                 if p has no buffer yet  (momentum m ≠ 0)
+    b' = m·b + (1 − τ)·d   otherwise               (dampening τ)
+    d = d + m·b' if nesterov else b'               (momentum m ≠ 0)
+    p' = p − η·d
+
+:func:`sgd_update` replicates this out of place, so it is differentiable (the ``lookahead`` method) and
+leaves the optimiser's buffers alone. The virtual loss is ``Σ_i ε_i·ℓ_i (+ extra)``, so ε_i enters only
+through ``g``, linearly, and ``∂p'/∂ε_i = −k·∇_p ℓ_i`` with the scalar :func:`eps_sensitivity` k:
+``η`` without momentum; ``η·c`` with momentum, ``η·(1 + m·c)`` with nesterov, where ``c = 1`` on the first
+step (no buffer: b' = d) and ``c = 1 − τ`` afterwards. With momentum 0.9, no dampening and a buffer, k = η,
+the factor of REFERENCE.md §1.4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class SGDSlot:
+    """One parameter's view of the real optimiser: its group's settings and its live momentum buffer."""
+
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    buffer: Tensor | None
+
+
+def sgd_slots(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, SGDSlot]:
+    """Map the name of every parameter that the optimiser steps to its :class:`SGDSlot`.
+
+    Parameters not in the optimiser, or with ``requires_grad=False``, are left out: the real step never
+    moves them, so neither does the virtual one.
+
+    Raises:
+        TypeError: If ``optimizer`` is not a ``torch.optim.SGD``.
+        ValueError: If a param group has ``maximize=True``.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise TypeError(
+            f"The meta-weighting engine replicates torch.optim.SGD; got {type(optimizer).__name__}. "
+            "Use torch.optim.SGD for the model being meta-weighted."
+        )
+    slot_of: dict[int, SGDSlot] = {}
+    for group in optimizer.param_groups:
+        if group.get("maximize", False):
+            raise ValueError("The meta-weighting engine needs SGD with maximize=False (it minimises costs).")
+        for param in group["params"]:
+            slot_of[id(param)] = SGDSlot(
+                lr=float(group["lr"]),
+                momentum=float(group["momentum"]),
+                dampening=float(group["dampening"]),
+                weight_decay=float(group["weight_decay"]),
+                nesterov=bool(group["nesterov"]),
+                buffer=optimizer.state.get(param, {}).get("momentum_buffer"),
+            )
+    return {
+        name: slot_of[id(param)]
+        for name, param in model.named_parameters()
+        if param.requires_grad and id(param) in slot_of
+    }
+
+
+def sgd_update(param: Tensor, grad: Tensor, slot: SGDSlot) -> Tensor:
+    """One out-of-place ``torch.optim.SGD`` update of ``param`` with ``grad`` (differentiable in both).
+
+    Uses the same operations as ``torch.optim.SGD``'s single-tensor path, so on one device the result
+    equals the real step bit for bit. ``grad`` may be a 0-d zero tensor (it broadcasts) where the virtual
+    loss has no gradient but weight decay and momentum still move the parameter.
+    """
+    direction = grad if slot.weight_decay == 0 else torch.add(grad, param, alpha=slot.weight_decay)
+    if slot.momentum != 0:
+        new_buffer = direction  # the first step initialises the buffer with the gradient
+        if slot.buffer is not None:
+            new_buffer = (slot.buffer * slot.momentum).add(direction, alpha=1 - slot.dampening)
+        direction = direction.add(new_buffer, alpha=slot.momentum) if slot.nesterov else new_buffer
+    return param.add(direction, alpha=-slot.lr)
+
+
+def eps_sensitivity(slot: SGDSlot) -> float:
+    """The scalar k with ``∂p'/∂ε_i = −k·∇_p ℓ_i`` for one SGD update (see the module docstring)."""
+    if slot.momentum == 0:
+        return slot.lr
+    through_buffer = 1.0 if slot.buffer is None else 1.0 - slot.dampening
+    return slot.lr * (1.0 + slot.momentum * through_buffer if slot.nesterov else through_buffer)
+
+
+def virtual_step(
+    params: dict[str, Tensor], grads: dict[str, Tensor | None], slots: dict[str, SGDSlot]
+) -> dict[str, Tensor]:
+    """Look-ahead parameters: ``params`` after one SGD update with ``grads``.
+
+    A parameter whose gradient is ``None`` (not reached by the loss) is not moved, as in the real step.
+
+    Args:
+        params: Current parameters by name (the keys of ``slots``).
+        grads: Their gradients of the virtual loss, ``None`` where unused.
+        slots: The optimiser's settings per parameter, from :func:`sgd_slots`.
+
+    Returns:
+        The stepped parameters by name.
+    """
+    return {
+        name: param if grads[name] is None else sgd_update(param, grads[name], slots[name])
+        for name, param in params.items()
+    }
