@@ -7,15 +7,11 @@ anywhere below a command becomes one ``Error: ...`` line on stderr and exit code
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any
-
-import click
 import typer
 
 from mlbseg import __version__
-from mlbseg.errors import UserError
+from mlbseg.cli import data, evaluate, train
+from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
     name="mlbseg",
@@ -27,23 +23,6 @@ app = typer.Typer(
 )
 
 
-class _UsageProblem(click.ClickException):
-    exit_code = 2
-
-
-def reports_user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a :class:`UserError` from ``command`` into one line on stderr and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except UserError as err:
-            raise _UsageProblem(str(err)) from None
-
-    return wrapper
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mlbseg {__version__}")
@@ -52,19 +31,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """Learn medical-image segmentation from noisy labels (MLB-Seg / L2B)."""
 
 
-def _register() -> None:
-    from mlbseg.cli import data
-
-    for command in (data.synth, data.prepare):
-        app.command()(reports_user_errors(command))
-
-
-_register()
+for _command in (data.synth, data.prepare, train.train, evaluate.evaluate):
+    app.command()(reports_user_errors(_command))
 
 
 def main() -> None:

@@ -57,7 +57,13 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """The method switch (DESIGN.md §4) and the meta engine's settings."""
+    """The method switch (DESIGN.md §4) and the meta engine's settings.
+
+    One config serves every method: the five views, the multi-view consistency and the EMA teacher are
+    MLB-Seg's components and take effect only with ``name: mlbseg``; ``baseline`` is the mean BCE on the
+    noisy labels (Table 8), ``baseline_plus_meta`` adds the supervised step on the clean meta batch,
+    ``l2rw`` adds per-pixel α weights from the meta engine.
+    """
 
     name: str = choice("mlbseg", METHODS)
     engine: str = choice("forward", ("forward", "lookahead"))  # exact first-order form, or the reference's
@@ -78,6 +84,21 @@ class MethodConfig:
     def uses_pseudo_labels(self) -> bool:
         """β weights a pseudo-label: mlbseg only."""
         return self.name == "mlbseg"
+
+    @property
+    def uses_views(self) -> bool:
+        """The five views are MLB-Seg's; the other methods train on the augmented slices themselves."""
+        return self.name == "mlbseg" and self.views.enabled
+
+    @property
+    def uses_consistency(self) -> bool:
+        """Multi-view consistency (needs the views)."""
+        return self.uses_views and self.consistency_weight > 0
+
+    @property
+    def uses_ema(self) -> bool:
+        """The EMA teacher is an MLB-Seg option."""
+        return self.name == "mlbseg" and self.ema.enabled
 
     @property
     def trains_on_meta_batch(self) -> bool:

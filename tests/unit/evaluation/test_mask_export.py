@@ -3,7 +3,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk  # noqa: N813
+import SimpleITK as sitk
 
 from mlbseg.errors import UserError
 from mlbseg.evaluation.export import read_volume_zyx, write_mask_like

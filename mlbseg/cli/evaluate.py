@@ -1,0 +1,41 @@
+"""``mlbseg evaluate``: test-set Dice and HD95 of a trained run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `mlbseg train`."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last, or a checkpoint path."),
+    prepared: Path | None = typer.Option(
+        None, "--prepared", help="Prepared dataset; default: the one the run was trained on."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Per-volume Dice and HD95 on the test cases at original resolution → RUN_DIR/summary.json."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlbseg.seg.evaluate import evaluate_run
+
+    summary = evaluate_run(run_dir, checkpoint=checkpoint, prepared=prepared, device=device)
+    table = Table(title=f"{run_dir} ({summary['method']}, {summary['noise']}, seed {summary['seed']})")
+    for column in ("case", "Dice (%)", "HD95 (mm)"):
+        table.add_column(column, justify="right")
+    for case, metrics in summary["cases"].items():
+        table.add_row(case, _fmt(metrics["dice"], 100), _fmt(metrics["hd95"]))
+    mean = summary["mean"]
+    table.add_row(
+        "mean ± std",
+        f"{_fmt(mean['dice']['mean'], 100)} ± {_fmt(mean['dice']['std'], 100)}",
+        f"{_fmt(mean['hd95']['mean'])} ± {_fmt(mean['hd95']['std'])}",
+    )
+    Console().print(table)
+    typer.echo(f"wrote {run_dir / 'summary.json'}")
+
+
+def _fmt(value: float | None, scale: float = 1.0) -> str:
+    return "failed" if value is None else f"{value * scale:.2f}"

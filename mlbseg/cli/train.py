@@ -1,0 +1,28 @@
+"""``mlbseg train``: one segmentation run from a YAML config (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def train(
+    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/seg/promise12_mlbseg.yaml."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override one key, e.g. --set data.noise=L1 (repeatable)."
+    ),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Output folder; default runs/<name>-<noise>-seed<seed>."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --run-dir."),
+) -> None:
+    """Train UNet++ on noisy masks: baseline, l2rw or MLB-Seg (method.name)."""
+    from mlbseg.config import load_config
+    from mlbseg.seg.config import SegConfig
+
+    cfg = load_config(SegConfig, config, overrides)
+    from mlbseg.seg.trainer import train as run_training
+
+    folder = run_training(cfg, run_dir, resume=resume)
+    typer.echo(f"finished: {folder}")

@@ -1,0 +1,89 @@
+"""``mlbseg evaluate``: per-volume Dice and HD95 of a trained run on the test cases (DESIGN.md §5).
+
+The test cases are touched only here, once, with the checkpoint the user names (``final`` by default): no
+model selection on test data. Results go to ``RUN_DIR/summary.json``: per case and mean ± std.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlbseg.config import config_from_dict, load_config
+from mlbseg.engine.checkpoint import load_checkpoint
+from mlbseg.engine.run_dir import FINAL, LAST
+from mlbseg.engine.seeding import resolve_device
+from mlbseg.errors import UserError
+from mlbseg.seg.config import SegConfig
+from mlbseg.seg.data import load_volumes
+from mlbseg.seg.inference import predict_probabilities
+from mlbseg.seg.model import build_model
+
+
+def load_trained_model(
+    run_dir: Path, checkpoint: str, device: torch.device
+) -> tuple[SegConfig, torch.nn.Module, dict[str, Any]]:
+    """The run's config and its model (eval mode) with the weights of ``checkpoint`` (final|last|path)."""
+    path = {"final": run_dir / FINAL, "last": run_dir / LAST}.get(checkpoint, Path(checkpoint))
+    state = load_checkpoint(path, map_location=device)
+    if "config" in state:
+        cfg = config_from_dict(SegConfig, state["config"], source=str(path))
+    else:
+        cfg = load_config(SegConfig, run_dir / "config.yaml")
+    model = build_model(
+        arch=cfg.model.arch,
+        encoder=cfg.model.encoder,
+        encoder_depth=cfg.model.encoder_depth,
+        decoder_channels=cfg.model.decoder_channels,
+    ).to(device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise UserError(f"{path}: weights do not fit the run's model config") from None
+    return cfg, model.eval(), state
+
+
+def evaluate_run(
+    run_dir: Path, checkpoint: str = "final", prepared: Path | None = None, device: str = "auto"
+) -> dict[str, Any]:
+    """Score the test cases and write ``summary.json``; returns its contents."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    torch_device = resolve_device(device)
+    cfg, model, state = load_trained_model(run_dir, checkpoint, torch_device)
+    from mlbseg.evaluation.metrics import evaluate_volume, summarize
+
+    prepared = prepared or Path(cfg.data.prepared)
+    per_case = {}
+    for volume in load_volumes(prepared, "test", torch_device):
+        probs = predict_probabilities(model, volume.images).cpu()
+        per_case[volume.case_id] = evaluate_volume(probs, volume.mask_original, volume.spacing)
+    summary = {
+        "run": str(run_dir),
+        "checkpoint": checkpoint,
+        "epoch": state.get("epoch"),
+        "method": cfg.method.name,
+        "noise": cfg.data.noise,
+        "seed": cfg.train.seed,
+        "prepared": str(prepared),
+        "cases": {case: {k: _json_number(v) for k, v in m.items()} for case, m in per_case.items()},
+        "mean": summarize(per_case),
+    }
+    _write_json(summary, run_dir / "summary.json")
+    return summary
+
+
+def _json_number(value: float) -> float | None:
+    """JSON has no inf/NaN: a failed case (empty prediction, HD95 = inf) is written as null."""
+    return value if math.isfinite(value) else None
+
+
+def _write_json(data: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,183 @@
+"""One segmentation training iteration for every method (REFERENCE.md §6.9, DESIGN.md §4).
+
+``mlbseg``: augment → five views → α/β from the meta engine → Σ α·BCE(noisy) + β·BCE(pseudo) (+ consistency)
+→ clipped SGD step → the extra supervised step on the clean meta batch. ``l2rw`` drops β, ``baseline``
+trains on the mean BCE of the noisy labels, ``baseline_plus_meta`` adds the meta-batch step. Everything
+stays on the training device; the returned statistics are device tensors, read only when logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from mlbseg.engine.ema import EMATeacher
+from mlbseg.meta import bootstrap_weights
+from mlbseg.seg.augment import random_flip_rotate
+from mlbseg.seg.config import DataConfig, MethodConfig
+from mlbseg.seg.consistency import multiview_consistency
+from mlbseg.seg.views import ViewParams, average_pseudo_labels, make_views
+
+
+@dataclass
+class Batch:
+    """Training or meta slices after augmentation and view expansion.
+
+    Attributes:
+        images: [V, 1, h, w] float32 (V = 5 × slices with views, else the slice count).
+        labels: [V, 1, h, w] float32 0/1, the labels trained on.
+        reference: [V, 1, h, w] float32 0/1, the clean masks (monitoring only).
+        views: The view geometry, or None without views.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    reference: torch.Tensor
+    views: ViewParams | None
+
+
+class SegmentationStep:
+    """Holds what a step needs (model, optimizer, teacher, generator) and runs one iteration."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.SGD,
+        method: MethodConfig,
+        data: DataConfig,
+        grad_clip_norm: float | None,
+        teacher: EMATeacher | None,
+        generator: torch.Generator,
+        amp_dtype: torch.dtype | None,
+    ) -> None:
+        self.model, self.optimizer, self.method, self.data = model, optimizer, method, data
+        self.grad_clip_norm, self.teacher, self.generator = grad_clip_norm, teacher, generator
+        self.amp_dtype = amp_dtype
+
+    def expand(self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> Batch:
+        """Dataset-level flip/rotation (same for image and masks), then the five views when enabled."""
+        images, (labels, reference) = random_flip_rotate(
+            images,
+            (labels, reference),
+            self.generator,
+            max_degrees=self.data.rotation_degrees,
+            flip_prob=self.data.flip_prob,
+        )
+        if not self.method.uses_views:
+            return Batch(images, labels, reference, None)
+        images, (labels, reference), views = make_views(
+            images, (labels, reference), self.generator, zoom_pads=self.method.views.zoom_pads
+        )
+        return Batch(images, labels, reference, views)
+
+    def __call__(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
+        """One iteration; ``meta_weighting`` is False during warm-up (plain mean BCE)."""
+        logits = self._forward(batch.images)  # [V, 1, h, w]
+        probs = logits.sigmoid()
+        extra = self._extra_loss(batch)
+        weighted = meta_weighting and self.method.uses_meta_weights
+        if weighted:
+            pseudo = (
+                self._pseudo_labels(probs.detach(), batch.views) if self.method.uses_pseudo_labels else None
+            )
+            alpha, beta = bootstrap_weights(
+                self.model,
+                self.optimizer,
+                batch.images,
+                batch.labels,
+                pseudo,
+                meta.images,
+                meta.labels,
+                loss="bce",
+                method=self.method.engine,
+                normalize=self.method.normalize,
+                temperature=self.method.temperature,
+                extra_loss=extra,
+            )
+            loss = (alpha * _bce(logits, batch.labels)).sum()
+            if beta is not None:
+                loss = loss + (beta * _bce(logits, pseudo)).sum()
+        else:
+            alpha = beta = None
+            loss = _bce(logits, batch.labels).mean()
+        if extra is not None:
+            loss = loss + extra(logits)
+        self._apply(loss)
+        stats = {"loss": loss.detach(), "train_dice_reference": _dice(probs.detach(), batch.reference)}
+        if alpha is not None:
+            stats["alpha_mean"] = alpha.mean()
+            stats["beta_mean"] = beta.mean() if beta is not None else torch.zeros((), device=alpha.device)
+        if self.method.trains_on_meta_batch:
+            stats["meta_loss"] = self._meta_step(meta)
+        return stats
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        autocast = (
+            torch.autocast(images.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return self.model(images).float()
+
+    def _pseudo_labels(self, probs: torch.Tensor, views: ViewParams | None) -> torch.Tensor:
+        """[V, 1, h, w] float 0/1: the multi-view average (or the single prediction) thresholded at 0.5."""
+        if views is None:
+            return (probs > 0.5).float()
+        return average_pseudo_labels(probs, views)
+
+    def _extra_loss(self, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Unweighted consistency terms as a function of the logits (they shift the meta look-ahead too)."""
+        terms: list[Callable[[torch.Tensor], torch.Tensor]] = []
+        weight = self.method.consistency_weight
+        if self.method.uses_consistency and batch.views is not None:
+            views = batch.views
+            terms.append(lambda logits: weight * multiview_consistency(logits.sigmoid(), views))
+        if self.teacher is not None:
+            teacher_probs = self._teacher_probs(batch.images)
+            ema_weight = self.method.ema.weight
+            terms.append(lambda logits: ema_weight * F.mse_loss(logits.sigmoid(), teacher_probs))
+        if not terms:
+            return None
+        return lambda logits: sum(term(logits) for term in terms)  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None
+        noise = torch.randn(images.shape, generator=self.generator, device=images.device)
+        return self.teacher.model(images + self.method.ema.noise_std * noise).float().sigmoid()
+
+    def _meta_step(self, meta: Batch) -> torch.Tensor:
+        """The supervised step on the clean meta batch (the reference's step 6)."""
+        logits = self._forward(meta.images)
+        loss = _bce(logits, meta.labels).mean()
+        extra = self._extra_loss(meta)
+        if extra is not None:
+            loss = loss + extra(logits)
+        self._apply(loss)
+        return loss.detach()
+
+    def _apply(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
+        self.optimizer.step()
+        if self.teacher is not None:
+            self.teacher.update(self.model)
+
+
+def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-pixel BCE-with-logits, [V, 1, h, w]."""
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def _dice(probs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Batch Dice of the thresholded prediction against ``reference`` (a device scalar)."""
+    prediction = (probs > 0.5).float()
+    overlap = (prediction * reference).sum()
+    return 2 * overlap / (prediction.sum() + reference.sum()).clamp_min(1.0)

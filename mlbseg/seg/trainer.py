@@ -1,0 +1,171 @@
+"""``mlbseg train``: one segmentation run, from config to ``checkpoints/final.pt`` (DESIGN.md §4).
+
+:class:`SegmentationRun` holds the model, optimizer, schedule, EMA teacher, generator and the two index
+streams (training slices, meta slices); :func:`mlbseg.engine.fit.fit` drives it epoch by epoch and writes
+the checkpoints. After every epoch the validation Dice on the clean meta cases (never the test cases) is
+logged.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlbseg.engine.ema import EMATeacher
+from mlbseg.engine.fit import fit
+from mlbseg.engine.logbook import Logbook
+from mlbseg.engine.optim import build_optimizer, build_scheduler
+from mlbseg.engine.progress import EpochProgress
+from mlbseg.engine.seeding import make_generator, resolve_device, seed_everything
+from mlbseg.engine.streams import IndexStream
+from mlbseg.errors import UserError
+from mlbseg.seg.config import SegConfig
+from mlbseg.seg.data import load_slices, load_volumes
+from mlbseg.seg.inference import validation_dice
+from mlbseg.seg.model import build_model
+from mlbseg.seg.step import SegmentationStep
+
+
+def default_run_dir(cfg: SegConfig) -> Path:
+    """``runs/<name>-<noise>-seed<seed>``."""
+    return Path("runs") / f"{cfg.name}-{cfg.data.noise}-seed{cfg.train.seed}"
+
+
+def train(cfg: SegConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train one run end to end (or continue it with ``resume``) and return its folder."""
+    return fit(cfg, run_dir or default_run_dir(cfg), resume, cfg.train.epochs, SegmentationRun)
+
+
+class SegmentationRun:
+    """Everything that changes during a segmentation run, and one epoch of training."""
+
+    def __init__(self, cfg: SegConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        prepared = Path(cfg.data.prepared)
+        label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
+        self.train_set = load_slices(prepared, "train", label_key, self.device)
+        self.meta_set = load_slices(prepared, "meta", "mask", self.device)
+        self.meta_volumes = load_volumes(prepared, "meta", self.device)
+        _check_zoom_pads(cfg, self.train_set.images.shape[-1])
+        _check_normalizer(cfg)
+        model = self._build_model()
+        optimizer = build_optimizer(model, cfg.optim)
+        self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs)
+        teacher = EMATeacher(model, cfg.method.ema.decay) if cfg.method.uses_ema else None
+        generator = make_generator(cfg.train.seed, self.device)
+        amp_dtype = _amp_dtype(self.device) if cfg.train.amp else None
+        self.step = SegmentationStep(
+            model, optimizer, cfg.method, cfg.data, cfg.optim.grad_clip_norm, teacher, generator, amp_dtype
+        )
+        self.train_stream = IndexStream(len(self.train_set), cfg.train.batch_size, generator)
+        self.meta_stream = IndexStream(len(self.meta_set), cfg.method.meta_batch_size, generator)
+        self.epoch = 0
+        self.global_step = 0
+
+    def _build_model(self) -> torch.nn.Module:
+        model = build_model(
+            arch=self.cfg.model.arch,
+            encoder=self.cfg.model.encoder,
+            encoder_depth=self.cfg.model.encoder_depth,
+            decoder_channels=self.cfg.model.decoder_channels,
+            encoder_weights=self.cfg.model.encoder_weights,
+        ).to(self.device)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """``train.steps_per_epoch``, or one pass over the training slices."""
+        return self.cfg.train.steps_per_epoch or max(1, len(self.train_set) // self.cfg.train.batch_size)
+
+    def train_epoch(self, logbook: Logbook) -> dict[str, float]:
+        """One epoch of steps, the LR schedule step, and the validation Dice on the meta cases."""
+        cfg, step = self.cfg, self.step
+        meta_weighting = self.epoch >= cfg.method.warmup_epochs
+        num_steps = self.steps_per_epoch
+        totals: dict[str, torch.Tensor] = {}
+        started = time.perf_counter()
+        with EpochProgress(f"epoch {self.epoch + 1}/{cfg.train.epochs}", num_steps) as progress:
+            for index in range(num_steps):
+                batch = step.expand(*self.train_set.batch(self.train_stream.next()))
+                meta = step.expand(*self.meta_set.batch(self.meta_stream.next()))
+                for name, value in step(batch, meta, meta_weighting).items():
+                    totals[name] = totals[name] + value if name in totals else value
+                self.global_step += 1
+                if (index + 1) % cfg.train.log_every == 0 or index + 1 == num_steps:
+                    means = {name: float(total) / (index + 1) for name, total in totals.items()}
+                    logbook.scalars("step", means, self.global_step)
+                    progress.update(index + 1, loss=means["loss"])
+        row: dict[str, float] = {"epoch": self.epoch + 1, "lr": step.optimizer.param_groups[0]["lr"]}
+        row.update({name: float(total) / num_steps for name, total in totals.items()})
+        row["val_dice"] = validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)
+        row["seconds"] = time.perf_counter() - started
+        self.scheduler.step()
+        self.epoch += 1
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        """Model, optimizer, schedule, teacher, generator and stream positions, counters."""
+        step = self.step
+        return {
+            "model": step.model.state_dict(),
+            "optimizer": step.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "teacher": step.teacher.state_dict() if step.teacher is not None else None,
+            "generator": step.generator.get_state(),
+            "train_stream": self.train_stream.state_dict(),
+            "meta_stream": self.meta_stream.state_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`."""
+        step = self.step
+        step.model.load_state_dict(state["model"])
+        step.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if step.teacher is not None:
+            step.teacher.load_state_dict(state["teacher"])
+        step.generator.set_state(state["generator"])
+        self.train_stream.load_state_dict(state["train_stream"])
+        self.meta_stream.load_state_dict(state["meta_stream"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+
+    def final_state(self) -> dict[str, Any]:
+        """The student's weights and, when enabled, the EMA teacher's."""
+        teacher = self.step.teacher
+        return {"model": self.step.model.state_dict(), "teacher": teacher.state_dict() if teacher else None}
+
+
+def _check_zoom_pads(cfg: SegConfig, size: int) -> None:
+    """Fail before training when the zoom pads do not fit the prepared slice size."""
+    pads = set(cfg.method.views.zoom_pads)
+    if cfg.method.uses_views and (len(pads) < 2 or 2 * max(pads) >= size):
+        raise UserError(
+            f"method.views.zoom_pads: need at least two distinct pads, each below {size // 2} for "
+            f"{size}×{size} slices; got {list(cfg.method.views.zoom_pads)}"
+        )
+
+
+def _check_normalizer(cfg: SegConfig) -> None:
+    """An unknown ``method.normalize`` is a config error, reported before the first step."""
+    from mlbseg.meta import resolve_normalizer_name
+
+    try:
+        resolve_normalizer_name(cfg.method.normalize, loss="bce")
+    except ValueError as err:
+        raise UserError(f"method.normalize: {err}") from None
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the GPU supports it; full precision on CPU and older GPUs (no loss scaling)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
