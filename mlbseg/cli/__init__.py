@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mlbseg import __version__
-from mlbseg.cli import data, evaluate, train
+from mlbseg.cli import classify, data, evaluate, train
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ def _root(
 
 for _command in (data.synth, data.prepare, train.train, evaluate.evaluate):
     app.command()(reports_user_errors(_command))
+app.add_typer(classify.app, name="classify")
 
 
 def main() -> None:
