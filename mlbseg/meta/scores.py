@@ -12,6 +12,7 @@ and no DDP hook would fire.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -134,7 +135,9 @@ def cost_tangents(
     Returns:
         ``[N, S, ...]``: for each label source, ``⟨∇ℓ_i(θ), u⟩`` for every element i.
     """
-    with torch.no_grad(), forward_ad.dual_level():
+    with torch.no_grad(), forward_ad.dual_level(), warnings.catch_warnings():
+        # torch's forward-mode BatchNorm rule is TorchScript-compiled on first use and warns about it.
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
         duals = {
             name: forward_ad.make_dual(param, tangents[name]) if name in tangents else param
             for name, param in params.items()
