@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,16 @@ from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
 from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.views import ViewParams, average_pseudo_labels, make_views
+
+ExtraLoss = Callable[[torch.Tensor], torch.Tensor]  # logits [V, 1, h, w] -> scalar
+
+
+class MetaWeights(NamedTuple):
+    """The meta engine's weights for one batch, shaped like the per-pixel costs [V, 1, h, w]."""
+
+    alpha: torch.Tensor  # weights of the noisy label's BCE
+    beta: torch.Tensor | None  # weights of the pseudo-label's BCE (None for l2rw)
+    pseudo: torch.Tensor | None  # the pseudo-label, float 0/1 (None for l2rw)
 
 
 @dataclass
@@ -78,42 +89,59 @@ class SegmentationStep:
         """One iteration; ``meta_weighting`` is False during warm-up (plain mean BCE)."""
         logits = self._forward(batch.images)  # [V, 1, h, w]
         probs = logits.sigmoid()
-        extra = self._extra_loss(batch)
-        weighted = meta_weighting and self.method.uses_meta_weights
-        if weighted:
-            pseudo = (
-                self._pseudo_labels(probs.detach(), batch.views) if self.method.uses_pseudo_labels else None
-            )
-            alpha, beta = bootstrap_weights(
-                self.model,
-                self.optimizer,
-                batch.images,
-                batch.labels,
-                pseudo,
-                meta.images,
-                meta.labels,
-                loss="bce",
-                method=self.method.engine,
-                normalize=self.method.normalize,
-                temperature=self.method.temperature,
-                extra_loss=extra,
-            )
-            loss = (alpha * _bce(logits, batch.labels)).sum()
-            if beta is not None:
-                loss = loss + (beta * _bce(logits, pseudo)).sum()
+        extra = self.extra_loss(batch)
+        stats: dict[str, torch.Tensor] = {}
+        if meta_weighting and self.method.uses_meta_weights:
+            weights = self.meta_weights(batch, meta, probs.detach(), extra)
+            loss = (weights.alpha * _bce(logits, batch.labels)).sum()
+            stats["alpha_mean"] = weights.alpha.mean()
+            stats["beta_mean"] = torch.zeros_like(stats["alpha_mean"])
+            if weights.beta is not None and weights.pseudo is not None:
+                loss = loss + (weights.beta * _bce(logits, weights.pseudo)).sum()
+                stats["beta_mean"] = weights.beta.mean()
         else:
-            alpha = beta = None
             loss = _bce(logits, batch.labels).mean()
         if extra is not None:
             loss = loss + extra(logits)
         self._apply(loss)
-        stats = {"loss": loss.detach(), "train_dice_reference": _dice(probs.detach(), batch.reference)}
-        if alpha is not None:
-            stats["alpha_mean"] = alpha.mean()
-            stats["beta_mean"] = beta.mean() if beta is not None else torch.zeros((), device=alpha.device)
+        stats["loss"] = loss.detach()
+        stats["train_dice_reference"] = _dice(probs.detach(), batch.reference)
         if self.method.trains_on_meta_batch:
             stats["meta_loss"] = self._meta_step(meta)
         return stats
+
+    def meta_weights(
+        self, batch: Batch, meta: Batch, probs: torch.Tensor, extra: ExtraLoss | None
+    ) -> MetaWeights:
+        """α (and β with its pseudo-label) for ``batch`` from the meta engine; no parameter changes.
+
+        Args:
+            batch: The expanded training batch.
+            meta: The expanded clean meta batch.
+            probs: [V, 1, h, w] the batch's predicted probabilities (detached).
+            extra: The unweighted loss terms (:meth:`extra_loss`), which shift the look-ahead point.
+        """
+        pseudo = self._pseudo_labels(probs, batch.views) if self.method.uses_pseudo_labels else None
+        alpha, beta = bootstrap_weights(
+            self.model,
+            self.optimizer,
+            batch.images,
+            batch.labels,
+            pseudo,
+            meta.images,
+            meta.labels,
+            loss="bce",
+            method=self.method.engine,
+            normalize=self.method.normalize,
+            temperature=self.method.temperature,
+            extra_loss=extra,
+        )
+        return MetaWeights(alpha, beta, pseudo)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """[V, 1, h, w] foreground probabilities in train mode, without gradients (for inspection)."""
+        return self._forward(images).sigmoid()
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         autocast = (
@@ -130,7 +158,7 @@ class SegmentationStep:
             return (probs > 0.5).float()
         return average_pseudo_labels(probs, views)
 
-    def _extra_loss(self, batch: Batch) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    def extra_loss(self, batch: Batch) -> ExtraLoss | None:
         """Unweighted consistency terms as a function of the logits (they shift the meta look-ahead too)."""
         terms: list[Callable[[torch.Tensor], torch.Tensor]] = []
         weight = self.method.consistency_weight
@@ -155,7 +183,7 @@ class SegmentationStep:
         """The supervised step on the clean meta batch (the reference's step 6)."""
         logits = self._forward(meta.images)
         loss = _bce(logits, meta.labels).mean()
-        extra = self._extra_loss(meta)
+        extra = self.extra_loss(meta)
         if extra is not None:
             loss = loss + extra(logits)
         self._apply(loss)

@@ -1,0 +1,190 @@
+"""Run a list of commands as separate processes, N at a time, each pinned to a GPU or a share of the CPU.
+
+Slots: with CUDA GPUs, one slot per GPU (at most ``jobs``), and a process sees only its slot's GPU through
+``CUDA_VISIBLE_DEVICES`` (one run per GPU at a time, nnU-Net's recommendation for small networks, ECOSYSTEM
+§6); without, ``jobs`` CPU slots. Either way every process gets ``OMP_NUM_THREADS = cores // slots`` (unless
+the user set it), so N processes do not oversubscribe the cores.
+
+Logs: a process's stdout and stderr go to its log file from the first byte. A fresh run's folder must be
+empty when its trainer starts, so its log is written beside the folder first (``OUT/.<run>.log``) and moved
+into ``<run_dir>/log.txt`` as soon as the trainer has claimed the folder (its ``config.yaml`` exists) or the
+process has ended; the open file keeps being written under its new name (POSIX rename semantics).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+POLL_SECONDS = 0.2
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass
+class Job:
+    """One process to run.
+
+    Attributes:
+        name: Shown in progress messages.
+        command: argv of the process.
+        log: The log's final path.
+        claim: The process owns ``log.parent`` once this file exists (fresh runs: the run's config.yaml).
+        pending_log: Where the log is written until ``claim`` exists; None = write ``log`` directly.
+        preamble: Text written at the top of the log (e.g. an earlier attempt's log and the command).
+    """
+
+    name: str
+    command: list[str]
+    log: Path
+    claim: Path | None = None
+    pending_log: Path | None = None
+    preamble: str = ""
+
+
+@dataclass
+class Outcome:
+    """How a job ended: its exit code, its wall time and the GPU it was given (None: not pinned)."""
+
+    job: Job
+    returncode: int
+    seconds: float
+    gpu: str | None
+
+
+@dataclass
+class _Running:
+    job: Job
+    process: subprocess.Popen
+    stream: IO[bytes]
+    started: float
+    gpu: str | None
+    placed: bool = field(default=False)
+
+
+def cpu_count() -> int:
+    """Cores this process may use (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def gpu_ids() -> list[str]:
+    """CUDA device ids a child may be given: those in ``CUDA_VISIBLE_DEVICES``, else ``0..count-1``."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(index) for index in range(count)]
+    return [item.strip() for item in visible.split(",") if item.strip()][:count]
+
+
+def make_slots(jobs: int, gpus: Sequence[str]) -> list[str | None]:
+    """One entry per concurrent process: a GPU id, or None for a CPU process.
+
+    Example:
+        >>> make_slots(3, ["0", "1"]), make_slots(2, [])
+        (['0', '1'], [None, None])
+    """
+    return list(gpus[:jobs]) if gpus else [None] * jobs
+
+
+def child_env(gpu: str | None, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one process: its GPU (if any) and its thread budget (unless set by the user)."""
+    env = dict(os.environ if base is None else base)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if "OMP_NUM_THREADS" not in env:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    return env
+
+
+def run_jobs(
+    jobs: Sequence[Job],
+    slots: Sequence[str | None],
+    report: Callable[[str, Job, Outcome | None], None] = lambda event, job, outcome: None,
+) -> list[Outcome]:
+    """Run ``jobs`` in order, ``len(slots)`` at a time; return their outcomes in completion order.
+
+    ``report(event, job, outcome)`` is called with ``"start"`` (outcome None) and ``"end"``. On any
+    exception (Ctrl-C included) the running processes are terminated before it propagates.
+    """
+    threads = max(1, cpu_count() // max(1, len(slots)))
+    queue, free = deque(jobs), deque(range(len(slots)))
+    running: dict[int, _Running] = {}
+    outcomes: list[Outcome] = []
+    try:
+        while queue or running:
+            while queue and free:
+                slot = free.popleft()
+                job = queue.popleft()
+                running[slot] = _start(job, slots[slot], threads)
+                report("start", job, None)
+            time.sleep(POLL_SECONDS)
+            for slot, run in list(running.items()):
+                outcome = _poll(run)
+                if outcome is not None:
+                    del running[slot]
+                    free.append(slot)
+                    outcomes.append(outcome)
+                    report("end", run.job, outcome)
+    finally:
+        for run in running.values():
+            _stop(run)
+    return outcomes
+
+
+def _start(job: Job, gpu: str | None, threads: int) -> _Running:
+    target = job.pending_log or job.log
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stream = target.open("ab")
+    stream.write(job.preamble.encode())
+    stream.flush()
+    try:
+        process = subprocess.Popen(
+            job.command,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(gpu, threads),
+        )
+    except BaseException:
+        stream.close()
+        raise
+    return _Running(job, process, stream, time.monotonic(), gpu, placed=job.pending_log is None)
+
+
+def _poll(run: _Running) -> Outcome | None:
+    """Move a pending log into place when due; the job's outcome once its process has ended."""
+    returncode = run.process.poll()
+    if not run.placed and (returncode is not None or (run.job.claim is not None and run.job.claim.exists())):
+        _place_log(run.job)
+        run.placed = True
+    if returncode is None:
+        return None
+    run.stream.close()
+    return Outcome(run.job, returncode, time.monotonic() - run.started, run.gpu)
+
+
+def _place_log(job: Job) -> None:
+    assert job.pending_log is not None
+    job.log.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(job.pending_log, job.log)
+
+
+def _stop(run: _Running) -> None:
+    """Terminate one of our own processes (SIGTERM, then SIGKILL after 10 s) and close its log."""
+    if run.process.poll() is None:
+        run.process.terminate()
+        try:
+            run.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            run.process.kill()
+            run.process.wait()
+    run.stream.close()
+    if not run.placed:
+        _place_log(run.job)

@@ -1,0 +1,154 @@
+"""The repeat's result table (DESIGN.md §5, the paper's Table 8): mean ± std over seeds per (method, noise).
+
+Each run contributes one number per metric: the mean over its test volumes from its ``summary.json``
+(segmentation: Dice, in %, and HD95 in mm; classification: accuracy in %). Per (method, noise) the table
+gives the mean over the finished seeds and their **sample** standard deviation (ddof = 1, empty for a single
+seed). A run whose HD95 is undefined (no finite HD95 on any test volume) is left out of that metric's mean
+and counted in ``<metric>_n``. Failed runs are listed with their log files. Written as ``table.md``,
+``table.csv`` and ``table.json`` (which also lists every run), each atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlbseg.repeat.tasks import Metric, RepeatTask
+
+STD_NOTE = "std = sample standard deviation over seeds (ddof = 1); per-run value = mean over test volumes"
+FINISHED, SKIPPED, FAILED = "finished", "skipped", "failed"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's result: ``status`` is finished (now), skipped (earlier) or failed; ``values`` raw."""
+
+    method: str
+    noise: str
+    seed: int
+    name: str
+    status: str
+    values: dict[str, float | None]
+    log: Path
+    seconds: float | None = None
+
+
+def aggregate(task: RepeatTask, records: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """One row per (method, noise), in order of first appearance, with mean/std/n of every metric."""
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault((record.method, record.noise), []).append(record)
+    rows = []
+    for (method, noise), members in groups.items():
+        done = [record for record in members if record.status != FAILED]
+        row: dict[str, Any] = {"method": method, "noise": noise, "n": len(done)}
+        for metric in task.metrics:
+            values = [record.values.get(metric.key) for record in done]
+            scaled = [value * metric.scale for value in values if value is not None and math.isfinite(value)]
+            row[f"{metric.key}_mean"] = statistics.fmean(scaled) if scaled else None
+            row[f"{metric.key}_std"] = statistics.stdev(scaled) if len(scaled) > 1 else None
+            row[f"{metric.key}_n"] = len(scaled)
+        failed = [record for record in members if record.status == FAILED]
+        row["failed"] = len(failed)
+        row["failed_logs"] = [str(record.log) for record in failed]
+        rows.append(row)
+    return rows
+
+
+def cell(row: dict[str, Any], metric: Metric) -> str:
+    """``mean ± std`` with two decimals; ``-`` when no run has the metric; ``(k of n)`` when some lack it.
+
+    Example:
+        >>> cell({"n": 3, "dice_mean": 77.7, "dice_std": 0.314, "dice_n": 3}, Metric("dice", "Dice (%)", 100))
+        '77.70 ± 0.31'
+    """
+    mean, std, count = row[f"{metric.key}_mean"], row[f"{metric.key}_std"], row[f"{metric.key}_n"]
+    if mean is None:
+        return "-"
+    text = f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return text if count == row["n"] else f"{text} ({count} of {row['n']})"
+
+
+def markdown(task: RepeatTask, rows: Sequence[dict[str, Any]], title: str) -> str:
+    """The Markdown table, its note on std, and the failed runs with their logs."""
+    headers = ["Method", "Noise", "n", *(metric.label for metric in task.metrics), "Failed"]
+    lines = [f"# {title}", "", f"{STD_NOTE}.", "", "| " + " | ".join(headers) + " |"]
+    lines.append("|" + "|".join(["---"] * 2 + ["--:"] * (len(headers) - 2)) + "|")
+    for row in rows:
+        cells = [row["method"], row["noise"], str(row["n"]), *(cell(row, m) for m in task.metrics)]
+        lines.append("| " + " | ".join([*cells, str(row["failed"])]) + " |")
+    failed = [log for row in rows for log in row["failed_logs"]]
+    if failed:
+        lines += ["", "Failed runs (see their logs):", "", *(f"- `{log}`" for log in failed)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(task: RepeatTask, rows: Sequence[dict[str, Any]]) -> str:
+    """CSV with one row per (method, noise); metric values in the table's units, full precision."""
+    stats = [f"{metric.key}_{part}" for metric in task.metrics for part in ("mean", "std", "n")]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["method", "noise", "n", *stats, "failed", "failed_logs"])
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "failed_logs": ";".join(row["failed_logs"])})
+    return buffer.getvalue()
+
+
+def write_tables(
+    out: Path, task: RepeatTask, rows: Sequence[dict[str, Any]], records: Sequence[RunRecord], title: str
+) -> list[Path]:
+    """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out``; return their paths."""
+    document = {
+        "title": title,
+        "task": task.name,
+        "std": STD_NOTE,
+        "units": {metric.key: metric.label for metric in task.metrics},
+        "rows": list(rows),
+        "runs": [
+            {
+                "name": r.name,
+                "method": r.method,
+                "noise": r.noise,
+                "seed": r.seed,
+                "status": r.status,
+                "values": r.values,
+                "log": str(r.log),
+                "seconds": r.seconds,
+            }
+            for r in records
+        ],
+    }
+    texts = {
+        "table.md": markdown(task, rows, title),
+        "table.csv": csv_text(task, rows),
+        "table.json": json.dumps(document, indent=2) + "\n",
+    }
+    paths = []
+    for name, text in texts.items():
+        path = out / name
+        staged = out / f".{name}.tmp"
+        staged.write_text(text)
+        os.replace(staged, path)
+        paths.append(path)
+    return paths
+
+
+def rich_table(task: RepeatTask, rows: Sequence[dict[str, Any]], title: str) -> Any:
+    """The table for the terminal (a :class:`rich.table.Table`)."""
+    from rich.table import Table
+
+    table = Table(title=title, caption=STD_NOTE)
+    for header in ("Method", "Noise", "n", *(metric.label for metric in task.metrics), "Failed"):
+        table.add_column(header, justify="left" if header in ("Method", "Noise") else "right")
+    for row in rows:
+        cells = [row["method"], row["noise"], str(row["n"]), *(cell(row, m) for m in task.metrics)]
+        table.add_row(*cells, str(row["failed"]) if not row["failed"] else f"[red]{row['failed']}[/red]")
+    return table

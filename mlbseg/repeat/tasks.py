@@ -1,0 +1,193 @@
+"""What ``mlbseg repeat`` needs to know about a task, so one driver serves segmentation and classification.
+
+A :class:`RepeatTask` names the task's config schema, its method names, the config key that the ``--noise``
+axis sets, the checks to run before any run starts, how one run is trained and evaluated (in the worker
+process), and which numbers of the run's ``summary.json`` go into the table. Segmentation (``seg``, the
+PROMISE12 noise levels L1/L2/L3) and classification (``cls``, noise rates such as 0.2 or 0.4 for
+``data.noise_rate``) are registered here; everything task-specific is imported lazily, inside the
+functions, so ``import mlbseg.repeat`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlbseg.errors import UserError
+
+TASK_CHOICES = ("auto", "seg", "cls")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported number: ``key`` names the CSV/JSON columns (``<key>_mean``, ``<key>_std``)."""
+
+    key: str
+    label: str  # Markdown/console column header, with its unit
+    scale: float  # summary values are multiplied by this (100: a fraction shown in %)
+
+
+@dataclass(frozen=True)
+class RepeatTask:
+    """A task's hooks for ``mlbseg repeat``; see the module docstring."""
+
+    name: str
+    methods: tuple[str, ...]
+    noise_key: str  # config key set by each --noise value
+    noise_help: str  # what a --noise value is, for error messages
+    metrics: tuple[Metric, ...]
+    load: Callable[[Path, Sequence[str]], Any]  # (config file, overrides) -> validated config
+    check: Callable[[Any], None]  # UserError for what would make every run fail (data missing, ...)
+    parse_noise: Callable[[str], str]  # a --noise value -> its canonical label; UserError if invalid
+    noise_of: Callable[[Any], str]  # the config's own noise label (when --noise is not given)
+    values: Callable[[Mapping[str, Any]], dict[str, float | None]]  # summary.json -> {metric key: value}
+    train: Callable[[Any, Path, bool], Any]  # (config, run folder, resume); runs in the worker
+    evaluate: Callable[[Path], Mapping[str, Any]]  # run folder -> summary (writes summary.json)
+
+
+# --- segmentation ---------------------------------------------------------------------------------------
+
+
+def _seg_load(path: Path, overrides: Sequence[str]) -> Any:
+    from mlbseg.config import load_config
+    from mlbseg.seg.config import SegConfig
+
+    return load_config(SegConfig, path, overrides)
+
+
+def _seg_check(cfg: Any) -> None:
+    from mlbseg.prep.manifest import load_manifest
+
+    load_manifest(cfg.data.prepared)  # UserError naming the folder when it is missing or damaged
+
+
+def _seg_noise(value: str) -> str:
+    from mlbseg.seg.config import NOISE_LEVELS
+
+    if value not in NOISE_LEVELS:
+        raise UserError(f"--noise: unknown noise level {value!r}; choose from {', '.join(NOISE_LEVELS)}")
+    return value
+
+
+def _seg_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    mean = summary["mean"]
+    return {name: mean.get(name, {}).get("mean") for name in ("dice", "hd95")}
+
+
+def _seg_train(cfg: Any, run_dir: Path, resume: bool) -> Any:
+    from mlbseg.seg.trainer import train
+
+    return train(cfg, run_dir, resume=resume)
+
+
+def _seg_evaluate(run_dir: Path) -> Mapping[str, Any]:
+    from mlbseg.seg.evaluate import evaluate_run
+
+    return evaluate_run(run_dir)
+
+
+# --- classification -------------------------------------------------------------------------------------
+
+
+def _cls_load(path: Path, overrides: Sequence[str]) -> Any:
+    from mlbseg.cls.config import ClsConfig
+    from mlbseg.config import load_config
+
+    return load_config(ClsConfig, path, overrides)
+
+
+def _cls_check(cfg: Any) -> None:
+    from mlbseg.cls.config import check_config
+
+    check_config(cfg)
+    if not Path(cfg.data.root).exists():
+        raise UserError(f"data.root: {cfg.data.root} not found; give the dataset's folder")
+
+
+def _cls_noise(value: str) -> str:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise UserError(f"--noise: {value!r} is not a noise rate; give numbers in [0, 1], e.g. 0.2,0.4")
+    return f"{rate:g}"
+
+
+def _cls_noise_of(cfg: Any) -> str:
+    return "default" if cfg.data.noise_rate is None else f"{cfg.data.noise_rate:g}"
+
+
+def _cls_train(cfg: Any, run_dir: Path, resume: bool) -> Any:
+    from mlbseg.cls.trainer import train
+
+    return train(cfg, run_dir, resume=resume)
+
+
+def _cls_evaluate(run_dir: Path) -> Mapping[str, Any]:
+    from mlbseg.cls.evaluate import evaluate_run
+
+    return evaluate_run(run_dir)
+
+
+def _methods(module: str) -> tuple[str, ...]:
+    import importlib
+
+    return tuple(importlib.import_module(module).METHODS)
+
+
+def get_task(name: str) -> RepeatTask:
+    """The registered task ``seg`` or ``cls``."""
+    if name == "seg":
+        return RepeatTask(
+            name="seg",
+            methods=_methods("mlbseg.seg.config"),
+            noise_key="data.noise",
+            noise_help="noise levels L1, L2, L3 or clean",
+            metrics=(Metric("dice", "Dice (%)", 100.0), Metric("hd95", "HD95 (mm)", 1.0)),
+            load=_seg_load,
+            check=_seg_check,
+            parse_noise=_seg_noise,
+            noise_of=lambda cfg: cfg.data.noise,
+            values=_seg_values,
+            train=_seg_train,
+            evaluate=_seg_evaluate,
+        )
+    if name == "cls":
+        return RepeatTask(
+            name="cls",
+            methods=_methods("mlbseg.cls.config"),
+            noise_key="data.noise_rate",
+            noise_help="noise rates in [0, 1] for data.noise_rate",
+            metrics=(Metric("accuracy", "Accuracy (%)", 100.0),),
+            load=_cls_load,
+            check=_cls_check,
+            parse_noise=_cls_noise,
+            noise_of=_cls_noise_of,
+            values=lambda summary: {"accuracy": summary.get("accuracy")},
+            train=_cls_train,
+            evaluate=_cls_evaluate,
+        )
+    raise UserError(f"--task: unknown task {name!r}; choose from {', '.join(TASK_CHOICES)}")
+
+
+def detect_task(config: Path, requested: str = "auto") -> RepeatTask:
+    """The task of ``config``: ``requested`` unless it is ``auto``.
+
+    ``auto`` picks classification for a config in a folder named ``cls`` (``configs/cls/…``) or whose
+    ``data`` section names a ``dataset`` (a key only classification configs have), segmentation otherwise.
+    """
+    if requested != "auto":
+        return get_task(requested)
+    if config.absolute().parent.name == "cls":
+        return get_task("cls")
+    try:
+        loaded = yaml.safe_load(config.read_text())
+    except (OSError, yaml.YAMLError):
+        loaded = None  # load_config reports the problem with the file itself
+    data = loaded.get("data") if isinstance(loaded, dict) else None
+    return get_task("cls" if isinstance(data, dict) and "dataset" in data else "seg")

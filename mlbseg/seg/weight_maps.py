@@ -1,0 +1,150 @@
+"""α/β maps of a trained run, for ``mlbseg figure weights``: the meta weights of one training iteration.
+
+For a few training slices (drawn with a fixed seed among those whose reference has foreground) this does
+what one iteration of the run's method does up to the weights, and stops there: the run's augmentation
+and five views (MLB-Seg), the prediction, the multi-view pseudo-label, a clean meta batch, the unweighted
+consistency/EMA terms, and the meta engine (:func:`mlbseg.meta.bootstrap_weights`) with an SGD optimizer
+built from the run's ``optim`` section. No optimizer step is taken and the run folder is not written to.
+
+The checkpoint ``last`` (the default) holds the optimizer state, so the virtual step uses the run's live
+momentum buffers, as training did; ``final`` has none (momentum starts from zero). The learning rate is
+the one of the run's last epoch. Slices go through the engine ``train.batch_size`` at a time, each batch
+with its own meta batch, as in training (``org`` normalisation makes the weights of one call sum to 1).
+Rows show the identity view.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mlbseg.errors import UserError
+from mlbseg.seg.config import SegConfig
+from mlbseg.seg.data import SliceSet, load_slices, split_cases
+from mlbseg.seg.step import SegmentationStep
+
+
+def weight_map_rows(
+    run_dir: Path, checkpoint: str = "last", count: int = 4, seed: int = 0, device: str = "auto"
+) -> list[dict[str, Any]]:
+    """Rows for :func:`mlbseg.figures.weights.weight_map_figure`: one per chosen training slice.
+
+    Returns:
+        ``count`` (fewer if the training set is smaller) dicts of [h, w] numpy arrays ``image``, ``noisy``,
+        ``pseudo`` (0/1; for ``l2rw``, which has no pseudo-label, the thresholded prediction), ``reference``,
+        ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title`` naming the case and slice.
+
+    Raises:
+        UserError: No run folder, a method without meta weights (baseline), or missing data.
+    """
+    from mlbseg.engine.seeding import resolve_device
+    from mlbseg.seg.evaluate import load_trained_model
+
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run folder not found")
+    if count < 1:
+        raise UserError(f"--count: must be 1 or more, got {count}")
+    torch_device = resolve_device(device)
+    cfg, model, state = load_trained_model(run_dir, checkpoint, torch_device)
+    if not cfg.method.uses_meta_weights:
+        raise UserError(
+            f"{run_dir}: method '{cfg.method.name}' learns no α/β weights; weight maps need l2rw or mlbseg"
+        )
+    step = _rebuild_step(cfg, model, state, torch_device, seed)
+    prepared = Path(cfg.data.prepared)
+    label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
+    train_set = load_slices(prepared, "train", label_key, torch_device)
+    meta_set = load_slices(prepared, "meta", "mask", torch_device)
+    from mlbseg.engine.streams import IndexStream
+
+    meta_stream = IndexStream(len(meta_set), cfg.method.meta_batch_size, step.generator)
+    names = _slice_names(prepared, len(train_set))
+    chosen = _choose_slices(train_set, count, seed).to(torch_device)
+    rows: list[dict[str, Any]] = []
+    for index in chosen.split(cfg.train.batch_size):
+        rows += _weights_of_batch(step, train_set, meta_set, meta_stream.next(), index)
+    for row, index in zip(rows, chosen.tolist(), strict=True):
+        row["title"] = names[index]
+    return rows
+
+
+def _rebuild_step(
+    cfg: SegConfig, model: torch.nn.Module, state: dict[str, Any], device: torch.device, seed: int
+) -> SegmentationStep:
+    """The run's step: SGD with the checkpoint's momentum buffers (if any) and the EMA teacher (if used)."""
+    from mlbseg.engine.ema import EMATeacher
+    from mlbseg.engine.optim import build_optimizer, lr_factor
+    from mlbseg.engine.seeding import make_generator
+
+    model.train()  # the mode of a training step (BatchNorm on batch statistics)
+    optimizer = build_optimizer(model, cfg.optim)
+    if state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    last_epoch = max(int(state.get("epoch") or 0) - 1, 0)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * lr_factor(last_epoch, cfg.schedule, cfg.train.epochs)
+    teacher = None
+    if cfg.method.uses_ema:
+        teacher = EMATeacher(model, cfg.method.ema.decay)
+        if state.get("teacher") is not None:
+            teacher.load_state_dict(state["teacher"])
+    generator = make_generator(seed, device)
+    return SegmentationStep(
+        model, optimizer, cfg.method, cfg.data, cfg.optim.grad_clip_norm, teacher, generator, None
+    )
+
+
+def _choose_slices(train_set: SliceSet, count: int, seed: int) -> torch.Tensor:
+    """Up to ``count`` slice indices (sorted), drawn with ``seed`` among slices with foreground."""
+    has_foreground = train_set.reference.flatten(1).any(dim=1).cpu()
+    candidates = torch.nonzero(has_foreground).flatten()
+    if len(candidates) == 0:
+        candidates = torch.arange(len(train_set))
+    generator = torch.Generator().manual_seed(seed)
+    picked = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+    return picked.sort().values
+
+
+def _slice_names(prepared: Path, total: int) -> list[str]:
+    """``<case> z=<k>`` for every training slice, in the order of :func:`~mlbseg.seg.data.load_slices`."""
+    from mlbseg.prep.manifest import load_manifest
+
+    cases = load_manifest(prepared)["cases"]
+    names = [
+        f"{case} z={k}" for case in split_cases(prepared, "train") for k in range(cases[case]["num_slices"])
+    ]
+    return names if len(names) == total else [f"slice {k}" for k in range(total)]
+
+
+def _weights_of_batch(
+    step: SegmentationStep,
+    train_set: SliceSet,
+    meta_set: SliceSet,
+    meta_index: torch.Tensor,
+    index: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """α, β and the maps behind them for the slices ``index``, as the step computes them (no update)."""
+    from mlbseg.seg.views import NUM_VIEWS
+
+    batch = step.expand(*train_set.batch(index))
+    meta = step.expand(*meta_set.batch(meta_index))
+    probs = step.probabilities(batch.images)
+    alpha, beta, pseudo = step.meta_weights(batch, meta, probs, step.extra_loss(batch))
+    shown = pseudo if pseudo is not None else (probs > 0.5).float()
+    beta = beta if beta is not None else torch.zeros_like(alpha)
+    stride = NUM_VIEWS if batch.views is not None else 1
+    maps = {
+        "image": batch.images,
+        "noisy": batch.labels,
+        "pseudo": shown,
+        "reference": batch.reference,
+        "alpha": alpha,
+        "beta": beta,
+    }
+    return [
+        {key: value[row, 0].detach().float().cpu().numpy().astype(np.float32) for key, value in maps.items()}
+        for row in range(0, len(index) * stride, stride)
+    ]

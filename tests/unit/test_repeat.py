@@ -1,0 +1,305 @@
+"""`mlbseg.repeat` without training: argument parsing, run planning, the process scheduler, the tables."""
+
+import fcntl
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from mlbseg.config import save_config
+from mlbseg.errors import UserError
+from mlbseg.repeat import parse_list, parse_seeds, repeat
+from mlbseg.repeat.plan import EVALUATE, FINISHED, FRESH, RESUME, plan_runs
+from mlbseg.repeat.scheduler import Job, child_env, cpu_count, make_slots, run_jobs
+from mlbseg.repeat.table import RunRecord, aggregate, csv_text, markdown
+from mlbseg.repeat.tasks import detect_task, get_task
+
+ROOT = Path(__file__).parents[2]
+SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SEG = get_task("seg")
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    return folder
+
+
+# --- arguments ------------------------------------------------------------------------------------------
+
+
+def test_seeds_accept_ranges_lists_and_repeats():
+    assert parse_seeds(["0..4"]) == [0, 1, 2, 3, 4]
+    assert parse_seeds(["3", "1,2", "2..3"]) == [3, 1, 2]
+
+
+@pytest.mark.parametrize("bad", ["x", "3..1", "-1", "1,,2", "0..b"])
+def test_bad_seeds_are_user_errors(bad):
+    with pytest.raises(UserError, match="--seeds"):
+        parse_seeds([bad])
+
+
+def test_lists_split_commas_and_drop_duplicates():
+    assert parse_list(["baseline,mlbseg", "baseline"], "--methods") == ["baseline", "mlbseg"]
+
+
+# --- planning -------------------------------------------------------------------------------------------
+
+
+def _plan(prepared, out, **kwargs):
+    args = {
+        "seeds": [0, 1],
+        "noises": ["L1"],
+        "methods": ["baseline"],
+        "overrides": [f"data.prepared={prepared}"],
+    }
+    args.update(kwargs)
+    return plan_runs(SEG, SMOKE, args["seeds"], args["noises"], args["methods"], args["overrides"], out)
+
+
+def _fake_run(spec, files):
+    """A run folder with the right config.yaml and the given (empty) files."""
+    spec.run_dir.joinpath("checkpoints").mkdir(parents=True, exist_ok=True)
+    save_config(SEG.load(SMOKE, spec.overrides), spec.run_dir / "config.yaml")
+    for name in files:
+        (spec.run_dir / name).write_text("{}")
+
+
+def test_plan_lists_every_combination_seed_major(prepared, tmp_path):
+    specs = _plan(
+        prepared, tmp_path / "out", seeds=[0, 1], noises=["L1", "L2"], methods=["baseline", "mlbseg"]
+    )
+    assert [spec.name for spec in specs[:4]] == [
+        "baseline-L1-seed0",
+        "mlbseg-L1-seed0",
+        "baseline-L2-seed0",
+        "mlbseg-L2-seed0",
+    ]
+    assert len(specs) == 8
+    assert {spec.state for spec in specs} == {FRESH}
+    last = specs[-1]
+    cfg = SEG.load(SMOKE, last.overrides)
+    assert (cfg.method.name, cfg.data.noise, cfg.train.seed) == ("mlbseg", "L2", 1)
+    assert last.run_dir == tmp_path / "out" / "mlbseg-L2-seed1"
+
+
+def test_plan_reads_the_state_of_existing_run_folders(prepared, tmp_path):
+    out = tmp_path / "out"
+    specs = _plan(prepared, out, seeds=[0, 1, 2, 3])
+    _fake_run(specs[0], ["checkpoints/final.pt", "summary.json"])
+    _fake_run(specs[1], ["checkpoints/final.pt", "checkpoints/last.pt"])
+    _fake_run(specs[2], ["checkpoints/last.pt", "metrics.csv"])
+    _fake_run(specs[3], ["log.txt"])  # died before its first checkpoint
+    assert [spec.state for spec in _plan(prepared, out, seeds=[0, 1, 2, 3])] == [
+        FINISHED,
+        EVALUATE,
+        RESUME,
+        FRESH,
+    ]
+
+
+def test_plan_refuses_a_folder_holding_another_experiment(prepared, tmp_path):
+    out = tmp_path / "out"
+    (spec,) = _plan(prepared, out, seeds=[0])
+    _fake_run(spec, ["checkpoints/last.pt"])
+    with pytest.raises(UserError, match=r"different experiment \(optim.lr differ"):
+        _plan(prepared, out, seeds=[0], overrides=[f"data.prepared={prepared}", "optim.lr=0.5"])
+    stranger = out / "baseline-L1-seed1"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not an mlbseg run folder"):
+        _plan(prepared, out, seeds=[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": ["mlbsek"]}, "--methods: unknown method 'mlbsek'"),
+        ({"noises": ["L7"]}, "--noise: unknown noise level 'L7'"),
+        ({"seeds": []}, "--seeds: give at least one seed"),
+        ({"overrides": ["train.seed=3"]}, "repeat sets train.seed itself; use --seeds"),
+        ({"overrides": ["data.noise=L2"]}, "use --noise"),
+        ({"overrides": ["optim.lrr=1"]}, "did you mean 'optim.lr'"),
+        ({"overrides": ["data.prepared=/nonexistent/prepared"]}, "/nonexistent/prepared"),
+    ],
+)
+def test_plan_rejects_bad_input(prepared, tmp_path, kwargs, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        _plan(prepared, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_detection(tmp_path):
+    assert detect_task(SMOKE).name == "seg"
+    assert detect_task(ROOT / "configs" / "cls" / "smoke.yaml").name == "cls"
+    elsewhere = tmp_path / "mine.yaml"
+    elsewhere.write_text("data:\n  dataset: cifar100\n")
+    assert detect_task(elsewhere).name == "cls"
+    assert detect_task(elsewhere, "seg").name == "seg"
+    with pytest.raises(UserError, match="--task"):
+        detect_task(elsewhere, "detection")
+
+
+def test_classification_noise_axis_is_the_noise_rate():
+    task = get_task("cls")
+    assert task.noise_key == "data.noise_rate"
+    assert task.parse_noise("0.40") == "0.4"
+    with pytest.raises(UserError, match="not a noise rate"):
+        task.parse_noise("L1")
+
+
+# --- scheduler ------------------------------------------------------------------------------------------
+
+
+def test_slots_and_child_environment():
+    assert make_slots(4, ["2", "5"]) == ["2", "5"]
+    assert make_slots(1, ["2", "5"]) == ["2"]
+    assert make_slots(3, []) == [None, None, None]
+    env = child_env("5", 3, base={"PATH": "/bin"})
+    assert env["CUDA_VISIBLE_DEVICES"] == "5"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "3"
+    assert child_env(None, 3, base={"OMP_NUM_THREADS": "7"}) == {"OMP_NUM_THREADS": "7"}
+
+
+def _python(code):
+    return [sys.executable, "-c", code]
+
+
+def test_jobs_run_in_parallel_with_logs_exit_codes_and_gpu_pinning(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    timed = "import os, time; t = time.time(); time.sleep(0.5); "
+    timed += "print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ['OMP_NUM_THREADS'], t, time.time())"
+    failing = _python("import sys; print('boom'); sys.exit(3)")
+    jobs = [Job(name, _python(timed), tmp_path / name / "log.txt") for name in "ab"]
+    jobs.append(Job("c", failing, tmp_path / "c" / "log.txt", preamble="top\n"))
+    events = []
+    outcomes = run_jobs(jobs, ["0", "1"], lambda event, job, outcome: events.append((event, job.name)))
+    assert {outcome.job.name: outcome.returncode for outcome in outcomes} == {"a": 0, "b": 0, "c": 3}
+    (gpu_a, threads, start_a, end_a), (gpu_b, _, start_b, end_b) = (
+        (tmp_path / name / "log.txt").read_text().split() for name in "ab"
+    )
+    assert {gpu_a, gpu_b} == {"0", "1"}  # one job per GPU at a time
+    assert threads == str(max(1, cpu_count() // 2))
+    assert float(start_a) < float(end_b)
+    assert float(start_b) < float(end_a)  # a and b overlapped
+    assert (tmp_path / "c" / "log.txt").read_text() == "top\nboom\n"
+    assert events[:2] == [("start", "a"), ("start", "b")]
+    assert sorted(events) == sorted([(e, n) for n in "abc" for e in ("start", "end")])
+
+
+def test_a_pending_log_moves_into_the_run_folder_once_claimed(tmp_path):
+    run_dir = tmp_path / "run"
+    code = f"import pathlib, time; p = pathlib.Path(r'{run_dir}'); print('before', flush=True); "
+    code += "p.mkdir(); (p / 'config.yaml').write_text('x'); time.sleep(1.0); "
+    code += "print('placed while running:', (p / 'log.txt').exists())"
+    job = Job("r", _python(code), run_dir / "log.txt", run_dir / "config.yaml", tmp_path / ".r.log", "head\n")
+    seen = []
+
+    def report(event, job, outcome):
+        seen.append((event, job.log.exists(), job.pending_log.exists()))
+
+    (outcome,) = run_jobs([job], [None], report)
+    assert outcome.returncode == 0
+    assert (run_dir / "log.txt").read_text() == "head\nbefore\nplaced while running: True\n"
+    assert not (tmp_path / ".r.log").exists()
+    assert seen[0] == ("start", False, True)
+
+
+def test_a_job_that_dies_before_claiming_still_leaves_its_log(tmp_path):
+    job = Job(
+        "r",
+        _python("raise SystemExit('nope')"),
+        tmp_path / "run" / "log.txt",
+        tmp_path / "run" / "config.yaml",
+        tmp_path / ".r.log",
+    )
+    (outcome,) = run_jobs([job], [None])
+    assert outcome.returncode == 1
+    assert "nope" in (tmp_path / "run" / "log.txt").read_text()
+    assert os.listdir(tmp_path / "run") == ["log.txt"]
+
+
+# --- tables ---------------------------------------------------------------------------------------------
+
+
+def _record(method, noise, seed, status, dice=None, hd95=None):
+    values = {} if status == "failed" else {"dice": dice, "hd95": hd95}
+    return RunRecord(
+        method,
+        noise,
+        seed,
+        f"{method}-{noise}-seed{seed}",
+        status,
+        values,
+        Path(f"out/{method}-{seed}/log.txt"),
+    )
+
+
+def test_aggregate_mean_and_sample_std_in_percent():
+    records = [
+        _record("baseline", "L1", 0, "finished", 0.60, 10.0),
+        _record("baseline", "L1", 1, "skipped", 0.70, None),
+        _record("baseline", "L1", 2, "finished", 0.80, 14.0),
+        _record("mlbseg", "L1", 0, "failed"),
+        _record("mlbseg", "L1", 1, "finished", 0.75, 8.0),
+    ]
+    baseline, mlbseg = aggregate(SEG, records)
+    assert baseline["n"] == 3
+    assert baseline["dice_mean"] == pytest.approx(70.0)
+    assert baseline["dice_std"] == pytest.approx(10.0)  # sample std of 60, 70, 80
+    assert (baseline["hd95_mean"], baseline["hd95_n"]) == (pytest.approx(12.0), 2)
+    assert (mlbseg["n"], mlbseg["failed"], mlbseg["dice_std"]) == (1, 1, None)
+    assert mlbseg["failed_logs"] == ["out/mlbseg-0/log.txt"]
+    text = markdown(SEG, [baseline, mlbseg], "t")
+    assert "| baseline | L1 | 3 | 70.00 ± 10.00 | 12.00 ± 2.83 (2 of 3) | 0 |" in text
+    assert "| mlbseg | L1 | 1 | 75.00 | 8.00 | 1 |" in text
+    assert "- `out/mlbseg-0/log.txt`" in text
+    assert "sample standard deviation" in text
+    lines = csv_text(SEG, [baseline, mlbseg]).splitlines()
+    assert lines[0] == "method,noise,n,dice_mean,dice_std,dice_n,hd95_mean,hd95_std,hd95_n,failed,failed_logs"
+    assert lines[2].startswith("mlbseg,L1,1,75.0,,1,8.0,,1,1,out/mlbseg-0/log.txt")
+
+
+def test_repeat_of_finished_runs_only_reads_their_summaries(prepared, tmp_path):
+    out = tmp_path / "out"
+    specs = _plan(prepared, out, seeds=[0, 1])
+    for spec, dice in zip(specs, (0.5, 0.9), strict=True):
+        _fake_run(spec, ["checkpoints/final.pt"])
+        summary = {"mean": {"dice": {"mean": dice}, "hd95": {"mean": 3.0}}}
+        (spec.run_dir / "summary.json").write_text(json.dumps(summary))
+    console = Console(record=True, width=200)
+    result = repeat(
+        SMOKE,
+        seeds=[0, 1],
+        noises=["L1"],
+        methods=["baseline"],
+        overrides=[f"data.prepared={prepared}"],
+        out=out,
+        console=console,
+    )
+    assert console.export_text().count("skipped") == 2
+    assert [record.status for record in result.records] == ["skipped", "skipped"]
+    document = json.loads((out / "table.json").read_text())
+    (row,) = document["rows"]
+    assert (row["n"], row["dice_mean"], row["dice_std"]) == (
+        2,
+        pytest.approx(70.0),
+        pytest.approx(28.2842712),
+    )
+    assert [run["values"]["dice"] for run in document["runs"]] == [0.5, 0.9]
+    assert (out / "table.md").is_file()
+    assert (out / "table.csv").is_file()
+
+
+def test_a_second_repeat_in_the_same_folder_is_refused(prepared, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another `mlbseg repeat` is running"):
+            repeat(SMOKE, seeds=[0], methods=["baseline"], overrides=[f"data.prepared={prepared}"], out=out)
