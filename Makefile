@@ -19,8 +19,11 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[test]'
 	@touch $@ $(VENV)/.installed
 
+DEMO ?= demo
+# Until `mlbseg demo` (train, evaluate, figures) lands: phantoms -> prepared dataset -> its summary.
 demo: $(VENV)/.installed
-	$(BIN)/mlbseg demo
+	$(BIN)/mlbseg synth $(DEMO)/raw --cases 16 --seed 0 --overwrite
+	$(BIN)/mlbseg prepare $(DEMO)/raw $(DEMO)/prepared --size 64 --split random --seed 0 --overwrite
 
 test: $(VENV)/.installed-test
 	$(BIN)/ruff format --check .
