@@ -18,9 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlbseg.cls.config import ClsConfig, dataset_kwargs
 from mlbseg.cls.step import write_atomic
-from mlbseg.config import config_from_dict, load_config
-from mlbseg.engine.checkpoint import load_checkpoint
-from mlbseg.engine.run_dir import FINAL, LAST
+from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
 
@@ -77,18 +75,15 @@ def load_trained_model(
     """The run's config and its model with the weights of ``checkpoint`` (final, last or a path)."""
     from mlbseg.cls.models import build_classifier
 
-    path = {"final": run_dir / FINAL, "last": run_dir / LAST}.get(checkpoint, Path(checkpoint))
-    state = load_checkpoint(path, map_location=device)
-    if "config" in state:
-        cfg = config_from_dict(ClsConfig, state["config"], source=str(path))
-    else:
-        cfg = load_config(ClsConfig, run_dir / "config.yaml")
+    cfg, state = load_run_checkpoint(ClsConfig, run_dir, checkpoint, map_location=device)
     num_classes = state.get("num_classes") or state["model"][_head_key(state["model"])].shape[0]
     model = build_classifier(cfg.model.arch, num_classes).to(device)  # weights come from the checkpoint
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        raise UserError(f"{path}: weights do not fit the run's model config ({cfg.model.arch})") from None
+        raise UserError(
+            f"{run_dir} ({checkpoint}): weights do not fit the run's model config ({cfg.model.arch})"
+        ) from None
     return cfg, model.eval(), state
 
 

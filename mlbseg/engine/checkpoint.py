@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from mlbseg.errors import UserError
+
+ConfigT = TypeVar("ConfigT")
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -45,3 +47,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path}: not an mlbseg checkpoint (no 'model' entry)")
     return state
+
+
+def load_run_checkpoint(
+    schema: type[ConfigT], run_dir: Path, checkpoint: str, map_location: str | torch.device = "cpu"
+) -> tuple[ConfigT, dict[str, Any]]:
+    """A run's config and checkpoint state: ``checkpoint`` is ``final``, ``last`` or a path.
+
+    The config embedded in the checkpoint wins; a checkpoint without one falls back to the run's
+    ``config.yaml``.
+    """
+    from mlbseg.config import config_from_dict, load_config
+    from mlbseg.engine.run_dir import FINAL, LAST
+
+    path = {"final": run_dir / FINAL, "last": run_dir / LAST}.get(checkpoint, Path(checkpoint))
+    state = load_checkpoint(path, map_location=map_location)
+    if "config" in state:
+        return config_from_dict(schema, state["config"], source=str(path)), state
+    return load_config(schema, run_dir / "config.yaml"), state

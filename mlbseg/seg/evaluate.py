@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-from mlbseg.config import config_from_dict, load_config
-from mlbseg.engine.checkpoint import load_checkpoint
-from mlbseg.engine.run_dir import FINAL, LAST
+from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
 from mlbseg.seg.config import SegConfig
@@ -29,12 +27,7 @@ def load_trained_model(
     run_dir: Path, checkpoint: str, device: torch.device
 ) -> tuple[SegConfig, torch.nn.Module, dict[str, Any]]:
     """The run's config and its model (eval mode) with the weights of ``checkpoint`` (final|last|path)."""
-    path = {"final": run_dir / FINAL, "last": run_dir / LAST}.get(checkpoint, Path(checkpoint))
-    state = load_checkpoint(path, map_location=device)
-    if "config" in state:
-        cfg = config_from_dict(SegConfig, state["config"], source=str(path))
-    else:
-        cfg = load_config(SegConfig, run_dir / "config.yaml")
+    cfg, state = load_run_checkpoint(SegConfig, run_dir, checkpoint, map_location=device)
     model = build_model(
         arch=cfg.model.arch,
         encoder=cfg.model.encoder,
@@ -44,7 +37,7 @@ def load_trained_model(
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
-        raise UserError(f"{path}: weights do not fit the run's model config") from None
+        raise UserError(f"{run_dir} ({checkpoint}): weights do not fit the run's model config") from None
     return cfg, model.eval(), state
 
 
