@@ -1,4 +1,4 @@
-"""``mlbseg figure overlay|weights|curves``: Figure-5 overlays, α/β weight maps and training curves (PNG)."""
+"""``mlbseg figure overlay|weights|curves|cls-weights``: Figure-5 overlays, α/β maps, curves, Fig. 4."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
-    help="Figures as PNG: Figure-5 overlays, α/β weight maps, training curves.",
+    help="Figures as PNG: Figure-5 overlays, α/β weight maps, training curves, classifier α/β (Fig. 4).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -116,5 +116,25 @@ def curves(
     typer.echo(f"wrote {curves_figure(runs, target, chosen, overwrite=overwrite)}")
 
 
+def cls_weights(
+    run_dir: Path = typer.Argument(
+        ..., help="A classification run folder (l2rw/l2b, train.log_weights_for > 0)."
+    ),
+    epoch: str = typer.Option("last", "--epoch", help="Epoch of weights/epoch_XXX.npz (1-based) or last."),
+    count: int = typer.Option(8, "--count", min=1, help="Samples shown per group."),
+    out: Path | None = typer.Option(
+        None, "--out", help="PNG; default RUN_DIR/figures/cls_weights_epoch_XXX.png."
+    ),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """α and β of logged samples whose pseudo-label is right and noisy label wrong, vs where they agree."""
+    from mlbseg.figures.cls_weights import cls_weights_figure, load_weight_log
+
+    chosen, log = load_weight_log(run_dir, epoch)
+    target = out or run_dir / "figures" / f"cls_weights_epoch_{chosen:03d}.png"
+    typer.echo(f"wrote {cls_weights_figure(log, target, count=count, epoch=chosen, overwrite=overwrite)}")
+
+
 for _command in (overlay, weights, curves):
     app.command()(reports_user_errors(_command))
+app.command("cls-weights")(reports_user_errors(cls_weights))
