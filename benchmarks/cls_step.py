@@ -84,7 +84,8 @@ def main() -> None:
     for name, row in rows.items():
         slowdown = plain / row["images_per_s"]
         speed, seconds, peak = row["images_per_s"], row["seconds"], row["peak_mib"]
-        lines.append(f"| {name} | {speed:.1f} | {seconds:.3f} | {slowdown:.2f} | {peak:.0f} |")
+        memory = f"{peak:.0f}" if peak == peak else "n/a (CUDA only)"
+        lines.append(f"| {name} | {speed:.1f} | {seconds:.3f} | {slowdown:.2f} | {memory} |")
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
