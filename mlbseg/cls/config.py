@@ -53,6 +53,8 @@ class MethodConfig:
 
     ``baseline``: mean CE on the noisy labels. ``l2rw``: per-sample α from the meta engine (Ren et al.
     2018). ``l2b``: α for the noisy label and β for the model's argmax pseudo-label (the paper).
+    ``mixup`` (the reference's ``--mixup``, REFERENCE.md §1.3) mixes every training batch of every method;
+    with l2rw/l2b the noisy-label cost ``λ·CE(y) + (1−λ)·CE(y[π])`` is what the engine weights.
     """
 
     name: str = choice("l2b", METHODS)
@@ -61,7 +63,7 @@ class MethodConfig:
     temperature: float = 1.0  # divides the scores of softmax/sigmoid (the reference's ISIC: 10)
     meta_batch_size: int = 100  # clean images per meta batch (the reference silently used the train batch)
     warmup_epochs: int = 0  # first epochs trained with plain mean CE (the reference's --warm_up)
-    mixup: bool = False  # baseline and warm-up only (see check_config)
+    mixup: bool = False  # mix each training batch (every method; l2rw/l2b: soft targets for the engine)
     mixup_alpha: float = 32.0  # λ ~ Beta(a, a) per batch, the reference's Beta(32, 32)
 
     @property
@@ -142,11 +144,6 @@ def check_config(cfg: ClsConfig) -> None:
     """
     dataset_kwargs(cfg)
     method = cfg.method
-    if method.mixup and method.uses_meta_weights:
-        raise UserError(
-            f"method.mixup: mixup needs soft-target per-sample costs, which the meta engine's 'ce' loss does "
-            f"not take; use method.mixup=false with method.name={method.name}, or mixup with baseline"
-        )
     from mlbseg.meta import resolve_normalizer_name
 
     try:

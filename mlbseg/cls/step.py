@@ -2,11 +2,13 @@
 
 ``l2b``: real forward → argmax pseudo-labels ŷ (detached) → α, β from the meta engine on a clean meta batch
 → loss ``Σ α·CE(y) + β·CE(ŷ)`` → clipped SGD step. ``l2rw`` drops β. ``baseline`` (and every method during
-its warm-up epochs) is the mean CE, with the reference's optional mixup: λ ~ Beta(a, a) per batch, a random
-pairing π, images ``λ·x + (1−λ)·x[π]`` and loss ``λ·CE(y) + (1−λ)·CE(y[π])``.
+its warm-up epochs) is the mean CE.
 
-Mixup is not combined with meta-weighting: the engine's ``ce`` costs take class indices, not the soft
-targets a mixed sample needs, so :func:`mlbseg.cls.config.check_config` refuses ``mixup`` with l2rw/l2b.
+The reference's optional mixup works with every method: λ ~ Beta(a, a) per batch, a random pairing π,
+images ``λ·x + (1−λ)·x[π]``. The mean CE becomes ``λ·CE(y) + (1−λ)·CE(y[π])``; with meta-weighting the
+noisy-label cost of sample i becomes ``λ·CE_i(y) + (1−λ)·CE_i(y[π])``, given to the engine as the soft
+targets ``λ·onehot(y) + (1−λ)·onehot(y[π])`` ``[N, K]``, while ŷ is the argmax on the mixed batch and the
+meta batch is not mixed (REFERENCE.md §1.3 steps 1 and 4c).
 Everything stays on the training device; nothing here reads a value back to the host.
 """
 
@@ -86,8 +88,7 @@ class ClassificationStep:
             logits = self._forward(images)  # [N, K]
             loss = F.cross_entropy(logits, labels)
         else:
-            lam = float(self.mixup_rng.beta(self.method.mixup_alpha, self.method.mixup_alpha))
-            pairing = torch.randperm(len(labels), generator=self.generator, device=images.device)
+            lam, pairing = self._draw_mixup(labels)
             logits = self._forward(lam * images + (1.0 - lam) * images[pairing])
             loss = lam * F.cross_entropy(logits, labels) + (1.0 - lam) * F.cross_entropy(
                 logits, labels[pairing]
@@ -98,13 +99,24 @@ class ClassificationStep:
     def _weighted_step(
         self, images: Tensor, labels: Tensor, meta_images: Tensor, meta_labels: Tensor
     ) -> StepOutput:
+        mix = self._draw_mixup(labels) if self.method.mixup else None
+        if mix is not None:
+            lam, pairing = mix
+            images = lam * images + (1.0 - lam) * images[pairing]  # the meta batch is not mixed
         logits = self._forward(images)  # [N, K]
         pseudo = logits.detach().argmax(dim=1) if self.method.uses_pseudo_labels else None  # [N]
+        noisy_cost = F.cross_entropy(logits, labels, reduction="none")  # [N]
+        targets = labels  # the engine's noisy-label targets: class indices [N]
+        if mix is not None:  # soft targets [N, K], whose engine cost is the mixed CE below
+            onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
+            targets = lam * onehot + (1.0 - lam) * onehot[pairing]
+            paired_cost = F.cross_entropy(logits, labels[pairing], reduction="none")
+            noisy_cost = lam * noisy_cost + (1.0 - lam) * paired_cost
         alpha, beta = bootstrap_weights(
             self.model,
             self.optimizer,
             images,
-            labels,
+            targets,
             pseudo,
             meta_images,
             meta_labels,
@@ -113,11 +125,17 @@ class ClassificationStep:
             normalize=self.method.normalize,
             temperature=self.method.temperature,
         )
-        loss = (alpha * F.cross_entropy(logits, labels, reduction="none")).sum()
+        loss = (alpha * noisy_cost).sum()
         if beta is not None:
             loss = loss + (beta * F.cross_entropy(logits, pseudo, reduction="none")).sum()
         self._apply(loss)
         return StepOutput(loss.detach(), logits.detach(), alpha, beta)
+
+    def _draw_mixup(self, labels: Tensor) -> tuple[float, Tensor]:
+        """λ ~ Beta(a, a) from the host generator, then a pairing π [N] from the device generator."""
+        lam = float(self.mixup_rng.beta(self.method.mixup_alpha, self.method.mixup_alpha))
+        pairing = torch.randperm(len(labels), generator=self.generator, device=labels.device)
+        return lam, pairing
 
     def _forward(self, images: Tensor) -> Tensor:
         autocast = (

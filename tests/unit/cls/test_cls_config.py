@@ -86,10 +86,11 @@ def test_an_option_the_dataset_does_not_take_is_an_error():
         check_config(ClsConfig(data=DataConfig(dataset="clothing1m", noise="symmetric")))
 
 
-def test_mixup_is_refused_with_meta_weighting_but_allowed_for_the_baseline():
-    with pytest.raises(UserError, match=r"method\.mixup"):
-        check_config(ClsConfig(method=MethodConfig(name="l2b", mixup=True)))
-    check_config(ClsConfig(method=MethodConfig(name="baseline", mixup=True)))
+@pytest.mark.parametrize("name", ["baseline", "l2rw", "l2b"])
+def test_mixup_is_allowed_with_every_method(name):
+    check_config(ClsConfig(method=MethodConfig(name=name, mixup=True)))
+    with pytest.raises(UserError, match=r"method\.mixup_alpha: must be positive"):
+        check_config(ClsConfig(method=MethodConfig(name=name, mixup=True, mixup_alpha=0.0)))
 
 
 @pytest.mark.parametrize(

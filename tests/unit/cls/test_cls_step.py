@@ -78,6 +78,78 @@ def test_l2b_step_uses_the_engine_with_argmax_pseudo_labels(warm_step):
     torch.testing.assert_close(out.loss, expected_loss)
 
 
+def mixup_draws(state, n):
+    """The λ and pairing π that a step with random-source ``state`` draws next (its ``_draw_mixup``)."""
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["mixup_rng"]
+    generator = torch.Generator()
+    generator.set_state(state["generator"])
+    return float(rng.beta(32.0, 32.0)), torch.randperm(n, generator=generator)
+
+
+@pytest.mark.parametrize("name", ["l2b", "l2rw"])
+def test_mixup_step_weights_the_mixed_costs_with_soft_targets(name):
+    step = make_step(name, mixup=True, mixup_alpha=32.0)
+    for seed in (10, 11):  # warm-up steps (mixed too): momentum buffers, and the random sources advance
+        step(*batch(8, seed))
+    images, labels = batch(8, 0)
+    meta = batch(6, 1)
+    lam, pairing = mixup_draws(copy.deepcopy(step.state_dict()), 8)
+    mixed = lam * images + (1.0 - lam) * images[pairing]
+    onehot = F.one_hot(labels, K).float()
+    soft = lam * onehot + (1.0 - lam) * onehot[pairing]  # [N, K]
+    model = copy.deepcopy(step.model)  # the engine's expected answer, computed before the step
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer.load_state_dict(copy.deepcopy(step.optimizer.state_dict()))
+    pseudo = model(mixed).argmax(dim=1) if name == "l2b" else None  # ŷ on the mixed batch
+    expected_alpha, expected_beta = bootstrap_weights(
+        model, optimizer, mixed, soft, pseudo, *meta, loss="ce", normalize="org"
+    )
+    before = params(step.model)
+    out = step(images, labels, meta)
+    assert out.alpha.shape == (8,)
+    assert (out.alpha >= 0).all()
+    assert not torch.equal(params(step.model), before)
+    torch.testing.assert_close(out.alpha, expected_alpha)
+    mixed_cost = lam * F.cross_entropy(out.logits, labels, reduction="none") + (1 - lam) * F.cross_entropy(
+        out.logits, labels[pairing], reduction="none"
+    )
+    expected_loss = (out.alpha * mixed_cost).sum()
+    total = out.alpha.sum()
+    if name == "l2b":
+        assert out.beta.shape == (8,)
+        assert (out.beta >= 0).all()
+        assert torch.equal(out.logits.argmax(dim=1), pseudo)
+        torch.testing.assert_close(out.beta, expected_beta)
+        expected_loss += (out.beta * F.cross_entropy(out.logits, pseudo, reduction="none")).sum()
+        total += out.beta.sum()
+    else:
+        assert out.beta is None
+    torch.testing.assert_close(total, torch.tensor(1.0))  # org: α (and β) jointly
+    torch.testing.assert_close(out.loss, expected_loss)
+    # The same batch unmixed gives other weights: the mix reaches the engine.
+    hard_alpha, _ = bootstrap_weights(
+        model, optimizer, images, labels, pseudo, *meta, loss="ce", normalize="org"
+    )
+    assert not torch.allclose(hard_alpha, expected_alpha)
+
+
+def test_weighted_mixup_steps_resume_exactly():
+    step = make_step("l2b", mixup=True)
+    step(*batch(8, 0), meta=batch(6, 5))
+    state = copy.deepcopy(step.state_dict())
+    weights = copy.deepcopy((step.model.state_dict(), step.optimizer.state_dict()))
+    first = step(*batch(8, 1), meta=batch(6, 6))
+    fresh = make_step("l2b", mixup=True)
+    fresh.model.load_state_dict(weights[0])
+    fresh.optimizer.load_state_dict(weights[1])
+    fresh.load_state_dict(state)
+    again = fresh(*batch(8, 1), meta=batch(6, 6))
+    assert torch.equal(again.loss, first.loss)
+    assert torch.equal(again.alpha, first.alpha)
+    assert torch.equal(again.beta, first.beta)
+
+
 def test_l2rw_step_has_alpha_only():
     step = make_step("l2rw")
     out = step(*batch(8, 0), meta=batch(6, 1))
