@@ -58,42 +58,6 @@ def _geometry(spacing: tuple, origin: tuple, direction: tuple) -> Geometry:
     }
 
 
-def read_volume_zyx(path: str | Path, channel: int = 0) -> tuple[np.ndarray, Geometry]:
-    """Read a 3-D volume (or one channel of a 4-D one, e.g. MSD Task05 T2+ADC) with SimpleITK.
-
-    Args:
-        path: A ``.mhd`` (data file beside it), ``.mha``, ``.nii`` or ``.nii.gz`` file.
-        channel: Which volume of a 4-D file to return (MSD Task05: 0 = T2, 1 = ADC); only 0 for 3-D.
-
-    Returns:
-        ``(array, geometry)``: the voxels as float32 [Z, Y, X] and ``{"spacing": [sz, sy, sx],
-        "origin": [ox, oy, oz], "direction": 9 floats}`` (module docstring; mm, LPS world coordinates).
-        ``geometry["spacing"]`` is the ``spacing_zyx`` of :func:`~mlbseg.evaluation.metrics.evaluate_volume`.
-
-    Raises:
-        UserError: The file is missing, has an unsupported extension, cannot be read (e.g. a truncated or
-            missing ``.raw``), is not 3-D/4-D, or has no such channel.
-    """
-    path = Path(path)
-    volume_format(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise _unreadable(path, "this volume") from None
-    if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() not in (3, 4):
-        raise UserError(f"{path}: expected a 3-D or 4-D scalar volume, got size {image.GetSize()}")
-    array = sitk.GetArrayViewFromImage(image)  # [Z, Y, X] or [C, Z, Y, X]
-    channels = array.shape[0] if image.GetDimension() == 4 else 1
-    if not 0 <= channel < channels:
-        raise UserError(f"{path}: has {channels} channel(s); channel {channel} does not exist")
-    if image.GetDimension() == 4:
-        array = array[channel]
-    geometry = _geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-    return np.array(array, dtype=np.float32), geometry
-
-
 def _read_header(path: Path) -> tuple[tuple[int, ...], Geometry]:
     """Size (x, y, z) and geometry of a reference volume, without reading its voxels."""
     if not path.is_file():
@@ -138,7 +102,7 @@ def write_mask_like(
 
     Args:
         mask_zyx: Labels [Z, Y, X] (bool or integers in 0..255, stored as uint8), indexed like the
-            reference's SimpleITK array (:func:`read_volume_zyx`).
+            reference's SimpleITK array (as :func:`mlbseg.prep.volumes.read_volume` returns it).
         reference_path: The volume whose geometry the mask takes (any of :data:`FORMATS`; for a 4-D
             reference its first three axes).
         out_path: Target file; its extension (one of :data:`FORMATS`) picks the format. A ``.mhd`` gets its

@@ -6,7 +6,8 @@ import pytest
 import SimpleITK as sitk
 
 from mlbseg.errors import UserError
-from mlbseg.evaluation.export import read_volume_zyx, write_mask_like
+from mlbseg.evaluation.export import write_mask_like
+from mlbseg.prep.volumes import read_volume
 
 SHAPE_ZYX = (5, 9, 12)
 SPACING_XYZ = (0.6125, 0.65, 3.6)
@@ -136,47 +137,16 @@ def test_user_mistakes_name_the_file(tmp_path, mask):
     assert sorted(os.listdir(tmp_path)) == ["Case00.mhd", "Case00.raw"]
 
 
-def test_read_volume_returns_zyx_voxels_and_header_geometry(tmp_path):
-    reference, voxels = _write_reference(tmp_path, ".mhd")
-    array, geometry = read_volume_zyx(reference)
-    assert array.dtype == np.float32
-    np.testing.assert_array_equal(array, voxels)
-    assert geometry["spacing"] == list(
-        SPACING_XYZ[::-1]
-    )  # array order (z, y, x), as in prep and the manifest
-    assert geometry["origin"] == list(ORIGIN_XYZ)
-    np.testing.assert_allclose(geometry["direction"], DIRECTION, atol=1e-15)
-
-
-def test_read_volume_picks_a_channel_of_a_4d_file_and_masks_follow_its_geometry(tmp_path):
+def test_masks_of_one_channel_of_a_4d_file_follow_its_geometry(tmp_path):
     xyzc = np.random.default_rng(1).random((12, 9, 5, 2)).astype(np.float32)  # nibabel order (x, y, z, c)
     affine = np.diag([0.6, 0.7, 3.0, 1.0])
     path = tmp_path / "prostate_00.nii.gz"
     nib.save(nib.Nifti1Image(xyzc, affine), str(path))
-    array, geometry = read_volume_zyx(path, channel=1)
+    array, geometry = read_volume(path, channel=1)  # the reader predict uses
     np.testing.assert_array_equal(array, xyzc[..., 1].transpose(2, 1, 0))
     np.testing.assert_allclose(geometry["spacing"], (3.0, 0.7, 0.6), rtol=1e-6)
-    with pytest.raises(UserError, match=r"prostate_00\.nii\.gz: has 2 channel"):
-        read_volume_zyx(path, channel=2)
-    with pytest.raises(UserError, match=r"Case00\.mha: has 1 channel"):
-        read_volume_zyx(_write_reference(tmp_path, ".mha")[0], channel=1)
     mask = (array > 0.5).astype(np.uint8)
     out = nib.load(str(write_mask_like(mask, path, tmp_path / "pred.nii.gz")))
     assert out.shape == (12, 9, 5)
     np.testing.assert_array_equal(out.affine, nib.load(str(path)).affine)
     np.testing.assert_array_equal(np.asarray(out.dataobj), mask.transpose(2, 1, 0))
-
-
-def test_unreadable_volumes_are_user_errors_naming_the_file(tmp_path):
-    with pytest.raises(UserError, match=r"absent\.mhd: no such file"):
-        read_volume_zyx(tmp_path / "absent.mhd")
-    reference, _ = _write_reference(tmp_path, ".mhd")
-    with (tmp_path / "Case00.raw").open("r+b") as stream:
-        stream.truncate(100)
-    with pytest.raises(UserError, match=r"Case00\.mhd: cannot read.*\.raw"):
-        read_volume_zyx(reference)
-    (tmp_path / "junk.nii.gz").write_bytes(b"not a volume" * 10)
-    with pytest.raises(UserError, match=r"junk\.nii\.gz: cannot read"):
-        read_volume_zyx(tmp_path / "junk.nii.gz")
-    with pytest.raises(UserError, match="unsupported"):
-        read_volume_zyx(tmp_path / "scan.dcm")
