@@ -36,20 +36,33 @@ from torch import Tensor
 Reduce = Callable[[Tensor], Tensor]
 
 
-class Normalizer(Protocol):
-    """A pure map from raw scores ``[N, S, ...]`` to weights of the same shape."""
-
-    def __call__(self, scores: Tensor, *, temperature: float = 1.0) -> Tensor:
-        """Weights for ``scores``; ``temperature`` divides the scores where the normaliser uses it."""
-        ...
-
-
 def _local(partial: Tensor) -> Tensor:
     """Single-process reduction: the partial result already is the global one."""
     return partial
 
 
-def clamp_sum(scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = _local) -> Tensor:
+class Normalizer(Protocol):
+    """A pure map from raw scores ``[N, S, ...]`` to weights of the same shape."""
+
+    def __call__(
+        self,
+        scores: Tensor,
+        *,
+        temperature: float = 1.0,
+        reduce_sum: Reduce = _local,
+        reduce_max: Reduce = _local,
+    ) -> Tensor:
+        """Weights for ``scores``; ``temperature`` divides the scores where the normaliser uses it.
+
+        ``reduce_sum`` and ``reduce_max`` map this process's partial sum and maximum to the global ones;
+        every normaliser accepts both, and those that couple nothing across samples ignore them.
+        """
+        ...
+
+
+def clamp_sum(
+    scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = _local, reduce_max: Reduce = _local
+) -> Tensor:
     """Drop negative scores; scale so that all weights of the call sum to 1 (reference ``org``).
 
     If no score is positive every weight is 0. The divisor is clamped at the dtype's smallest normal
@@ -61,6 +74,7 @@ def clamp_sum(scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = 
         temperature: Accepted for a uniform signature; clamp-and-divide is scale-invariant, so it has no
             effect.
         reduce_sum: Maps this process's sum to the global sum (identity on one process).
+        reduce_max: Unused (uniform signature).
 
     Returns:
         Weights shaped like ``scores``.
@@ -104,7 +118,9 @@ def softmax_over_batch(
     return shifted / reduce_sum(shifted.sum())
 
 
-def softmax_per_sample(scores: Tensor, *, temperature: float = 1.0) -> Tensor:
+def softmax_per_sample(
+    scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = _local, reduce_max: Reduce = _local
+) -> Tensor:
     """A softmax of ``scores / temperature`` over each sample's entries (segmentation ``softmax``).
 
     Each sample's ``S×H×W`` weights (both maps of one view) sum to 1, so the call sums to N. Nothing is
@@ -113,6 +129,8 @@ def softmax_per_sample(scores: Tensor, *, temperature: float = 1.0) -> Tensor:
     Args:
         scores: Raw scores ``[N, S, ...]``.
         temperature: Divides the scores before the softmax (the reference uses none: 1.0).
+        reduce_sum: Unused: each sample is normalised on its own (uniform signature).
+        reduce_max: Unused (uniform signature).
 
     Returns:
         Weights shaped like ``scores``.
@@ -126,7 +144,9 @@ def softmax_per_sample(scores: Tensor, *, temperature: float = 1.0) -> Tensor:
     return (scores / temperature).flatten(1).softmax(dim=1).view_as(scores)
 
 
-def sigmoid_sum(scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = _local) -> Tensor:
+def sigmoid_sum(
+    scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce = _local, reduce_max: Reduce = _local
+) -> Tensor:
     """Sigmoid of ``scores / temperature``, divided by the sum over the call (classification ``sigmoid``).
 
     The raw scores are tiny, so this is close to uniform weights 1/(number of entries).
@@ -135,6 +155,7 @@ def sigmoid_sum(scores: Tensor, *, temperature: float = 1.0, reduce_sum: Reduce 
         scores: Raw scores ``[N, S, ...]``.
         temperature: Divides the scores before the sigmoid.
         reduce_sum: Maps this process's sum to the global sum.
+        reduce_max: Unused (uniform signature).
 
     Returns:
         Weights shaped like ``scores``; together they sum to 1.

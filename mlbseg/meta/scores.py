@@ -8,6 +8,12 @@ and one forward-mode JVP of the training logits along u.
 All forwards run through ``torch.func.functional_call`` with detached parameter copies and *cloned*
 buffers, so the model's parameters, ``.grad`` fields and BatchNorm running statistics are never touched,
 and no DDP hook would fire.
+
+Across processes (``MetaProblem.average``, see :func:`average_across_processes`) every process holds one
+part of the global training and meta batches. Two gradients are averaged: the meta gradient v (so every
+process scores its elements against the global meta batch's direction) and, when there is an extra loss,
+its gradient at θ, which moves θ̂ (the virtual step of the global batch). Everything else is local: the
+score of element i needs only its own cost's derivative along the common direction.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 from torch.func import functional_call
@@ -25,6 +32,30 @@ from mlbseg.meta.costs import CostFunctions, meta_loss
 from mlbseg.meta.lookahead import SGDSlot, eps_sensitivity, virtual_step
 
 ExtraLoss = Callable[[Tensor], Tensor]  # training logits -> scalar, never reweighted
+Average = Callable[[list[Tensor]], None]  # replaces each tensor by its mean over the processes, in place
+
+
+def average_across_processes(tensors: list[Tensor], group: dist.ProcessGroup | None = None) -> None:
+    """Replace every tensor by its mean over the processes of ``group``, by one all-reduce of a flat buffer.
+
+    Every process must pass tensors of the same shapes in the same order (the same model and loss give the
+    same list). One flat buffer instead of one collective per tensor: latency is paid once.
+
+    Args:
+        tensors: Tensors of one dtype and device, modified in place.
+        group: The process group; None for the default (world) group.
+    """
+    if not tensors:
+        return
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])  # [Σ numel]
+    dist.all_reduce(flat, group=group)  # SUM: gloo has no AVG
+    flat.div_(dist.get_world_size(group))
+    for tensor, part in zip(tensors, flat.split([tensor.numel() for tensor in tensors]), strict=True):
+        tensor.copy_(part.view_as(tensor))
+
+
+def _keep(tensors: list[Tensor]) -> None:
+    """One process: every tensor already is the global mean."""
 
 
 class MetaProblem(NamedTuple):
@@ -39,6 +70,7 @@ class MetaProblem(NamedTuple):
         meta_inputs: Clean meta batch ``[M, ...]``.
         meta_targets: Its targets.
         extra_loss: Optional non-weighted term on the training logits; it shifts θ̂.
+        average: Averages gradients over the processes that share the step (identity on one process).
     """
 
     model: nn.Module
@@ -49,6 +81,7 @@ class MetaProblem(NamedTuple):
     meta_inputs: Tensor
     meta_targets: Tensor
     extra_loss: ExtraLoss | None
+    average: Average = _keep
 
 
 def _buffer_copies(model: nn.Module) -> dict[str, Tensor]:
@@ -73,6 +106,10 @@ def _call(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor
 def lookahead_scores(problem: MetaProblem) -> Tensor:
     """Scores by differentiating through one virtual SGD step (the reference's ``higher`` computation).
 
+    The chain rule is taken in two legs, v = ∇L_meta(θ̂) and then v back through θ̂(ε) to ε, so that v
+    can be averaged across processes in between; on one process this is the single backward of the
+    reference. The extra loss's gradient does not depend on ε: it only moves θ̂ and is taken without graph.
+
     Returns:
         Detached scores ``[N, S, ...]``, S = ``len(problem.targets)``.
     """
@@ -81,14 +118,41 @@ def lookahead_scores(problem: MetaProblem) -> Tensor:
     logits = _call(problem.model, params, buffers, problem.inputs)
     costs = torch.stack([problem.costs.elementwise(logits, target) for target in problem.targets], dim=1)
     eps = torch.zeros_like(costs, requires_grad=True)
-    virtual_loss = (eps * costs).sum()
-    if problem.extra_loss is not None:
-        virtual_loss = virtual_loss + problem.extra_loss(logits)
-    grads = torch.autograd.grad(virtual_loss, list(params.values()), create_graph=True, allow_unused=True)
-    stepped = virtual_step(params, dict(zip(params, grads, strict=True)), problem.slots)
+    grads = _virtual_gradients(problem, params, logits, (eps * costs).sum())
+    stepped = virtual_step(params, grads, problem.slots)
     meta_logits = _call(problem.model, stepped, buffers, problem.meta_inputs)
-    (grad_eps,) = torch.autograd.grad(meta_loss(problem.costs, meta_logits, problem.meta_targets), eps)
+    moved = [name for name in stepped if stepped[name].grad_fn is not None]
+    meta_grads = torch.autograd.grad(
+        meta_loss(problem.costs, meta_logits, problem.meta_targets),
+        [stepped[name] for name in moved],
+        allow_unused=True,
+    )
+    reached = [(name, grad) for name, grad in zip(moved, meta_grads, strict=True) if grad is not None]
+    problem.average([grad for _, grad in reached])
+    (grad_eps,) = torch.autograd.grad(
+        [stepped[name] for name, _ in reached], eps, grad_outputs=[grad for _, grad in reached]
+    )
     return -grad_eps
+
+
+def _virtual_gradients(
+    problem: MetaProblem, params: dict[str, Tensor], logits: Tensor, weighted: Tensor
+) -> dict[str, Tensor | None]:
+    """Gradients of the virtual loss ``weighted (+ extra)`` with the graph to ε (None where unused).
+
+    The extra loss's gradient (detached, averaged across processes) is added to the weighted one.
+    """
+    leaves = list(params.values())
+    found = torch.autograd.grad(weighted, leaves, create_graph=True, allow_unused=True)
+    grads = dict(zip(params, found, strict=True))
+    if problem.extra_loss is None:
+        return grads
+    extra = torch.autograd.grad(problem.extra_loss(logits), leaves, retain_graph=True, allow_unused=True)
+    reached = {name: grad for name, grad in zip(params, extra, strict=True) if grad is not None}
+    problem.average(list(reached.values()))
+    for name, grad in reached.items():
+        grads[name] = grad if grads[name] is None else grads[name] + grad
+    return grads
 
 
 def look_ahead_parameters(
@@ -105,6 +169,7 @@ def look_ahead_parameters(
         leaves = {name: param.detach().requires_grad_() for name, param in params.items()}
         extra = problem.extra_loss(_call(problem.model, leaves, buffers, problem.inputs))
         found = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
+        problem.average([grad for grad in found if grad is not None])  # ∇extra of the global batch
         grads = {
             name: param.new_zeros(()) if grad is None else grad
             for (name, param), grad in zip(params.items(), found, strict=True)
@@ -118,13 +183,16 @@ def meta_gradient(
 ) -> dict[str, Tensor]:
     """The meta gradient v = ∇L_meta(θ̂) by one ordinary backward (unreached parameters are left out).
 
-    This is the single place where a distributed run would all-reduce (average) v across processes.
+    Across processes v is averaged here (``problem.average``): with meta batches of equal size the mean of
+    the processes' mean meta losses is the mean over the global meta batch, so v is its gradient.
     """
     leaves = {name: param.detach().requires_grad_() for name, param in look_ahead.items()}
     meta_logits = _call(problem.model, leaves, buffers, problem.meta_inputs)
     loss = meta_loss(problem.costs, meta_logits, problem.meta_targets)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-    return {name: grad for name, grad in zip(leaves, grads, strict=True) if grad is not None}
+    reached = {name: grad for name, grad in zip(leaves, grads, strict=True) if grad is not None}
+    problem.average(list(reached.values()))
+    return reached
 
 
 def cost_tangents(

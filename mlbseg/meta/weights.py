@@ -6,15 +6,23 @@ DESIGN.md §3 is the contract. The scores come from one of :data:`METHODS`, the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from mlbseg.meta.costs import get_costs
 from mlbseg.meta.lookahead import sgd_slots
-from mlbseg.meta.normalize import get_normalizer
-from mlbseg.meta.scores import ExtraLoss, MetaProblem, forward_scores, lookahead_scores
+from mlbseg.meta.normalize import Reduce, get_normalizer
+from mlbseg.meta.scores import (
+    ExtraLoss,
+    MetaProblem,
+    average_across_processes,
+    forward_scores,
+    lookahead_scores,
+)
 
 METHODS: dict[str, Callable[[MetaProblem], Tensor]] = {
     "forward": forward_scores,
@@ -47,6 +55,8 @@ def bootstrap_weights(
     normalize: str = "org",
     temperature: float = 1.0,
     extra_loss: ExtraLoss | None = None,
+    distributed: bool = False,
+    process_group: dist.ProcessGroup | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Meta-learned weights of the noisy-label and pseudo-label costs of one training batch.
 
@@ -64,11 +74,14 @@ def bootstrap_weights(
             (``ddp.module``): the engine never fills ``.grad``, so no DDP hook fires.
         optimizer: The ``torch.optim.SGD`` that takes the real step (``maximize=False``).
         inputs: Training batch ``[N, ...]``.
-        noisy_targets: Given labels: ``bce`` float 0/1 ``[N, 1, H, W]``; ``ce`` class indices ``[N]``.
-        pseudo_targets: Pseudo-labels shaped like ``noisy_targets`` (detached), or ``None`` for L2RW
-            (α only).
+        noisy_targets: Given labels: ``bce`` float 0/1 ``[N, 1, H, W]``; ``ce`` class indices ``[N]``
+            (int64) or soft targets ``[N, C]`` (floating point, rows summing to 1), chosen by dtype and shape.
+            Soft targets give the cost ``−Σ_c t_c·log softmax(z)_c``, e.g. mixup's
+            ``t = λ·onehot(y) + (1−λ)·onehot(y[π])`` for ``λ·CE(y) + (1−λ)·CE(y[π])``.
+        pseudo_targets: Pseudo-labels (detached): ``bce`` shaped like ``noisy_targets``; ``ce`` class
+            indices ``[N]`` (or soft ``[N, C]``). ``None`` for L2RW (α only).
         meta_inputs: Clean meta batch ``[M, ...]``.
-        meta_targets: Its labels, in the form of ``noisy_targets``.
+        meta_targets: Its labels: ``bce`` float 0/1 ``[M, 1, H, W]``; ``ce`` class indices ``[M]``.
         loss: ``"bce"`` (logits ``[N, 1, H, W]``, per-pixel BCE-with-logits) or ``"ce"`` (logits ``[N, C]``,
             per-sample cross-entropy).
         method: ``"forward"`` (exact first-order form: one backward and one forward-mode JVP) or
@@ -78,11 +91,19 @@ def bootstrap_weights(
         temperature: Divides the scores before a softmax or sigmoid normaliser.
         extra_loss: Optional ``logits -> scalar`` for non-weighted terms on the training logits (MLB-Seg's
             multi-view and EMA consistency); its gradient enters the virtual step and so shifts θ̂.
+        distributed: This process holds one part of a global batch (``torch.distributed`` initialised;
+            every process of ``process_group`` calls with equally many training and meta elements and the
+            same model, optimizer state and options). The meta gradient and the extra loss's gradient are
+            averaged over the processes and the normaliser runs over the global batch, so the result is
+            this process's part of what one process computes on the concatenated batches (exactly for a
+            model without batch coupling: BatchNorm uses each process's own batch statistics).
+        process_group: The group of ``distributed``; None for the default (world) group.
 
     Returns:
         ``(alpha, beta)``, detached, non-negative, each shaped like the per-element costs
         (``[N, 1, H, W]`` or ``[N]``). ``beta`` is ``None`` when ``pseudo_targets`` is. With ``org`` all
-        entries of both together sum to 1 (all zero when no score is positive).
+        entries of both together sum to 1 (all zero when no score is positive); ``distributed``: all entries
+        of all processes together.
 
     Raises:
         ValueError: Unknown loss, method or normaliser (listing the choices), mismatched target shapes,
@@ -96,5 +117,19 @@ def bootstrap_weights(
     problem = MetaProblem(
         model, sgd_slots(model, optimizer), costs, inputs, targets, meta_inputs, meta_targets, extra_loss
     )
-    weights = normalizer(score(problem), temperature=temperature)  # [N, S, ...]
+    reductions: dict[str, Reduce] = {}
+    if distributed:
+        problem = problem._replace(average=functools.partial(average_across_processes, group=process_group))
+        reductions = {
+            "reduce_sum": functools.partial(_all_reduce, op=dist.ReduceOp.SUM, group=process_group),
+            "reduce_max": functools.partial(_all_reduce, op=dist.ReduceOp.MAX, group=process_group),
+        }
+    weights = normalizer(score(problem), temperature=temperature, **reductions)  # [N, S, ...]
     return weights[:, 0], None if pseudo_targets is None else weights[:, 1]
+
+
+def _all_reduce(partial: Tensor, op: dist.ReduceOp.RedOpType, group: dist.ProcessGroup | None) -> Tensor:
+    """``partial`` combined over the processes of ``group`` with ``op`` (a new tensor; detached values)."""
+    combined = partial.detach().clone()
+    dist.all_reduce(combined, op=op, group=group)
+    return combined

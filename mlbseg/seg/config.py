@@ -69,7 +69,7 @@ class MethodConfig:
     engine: str = choice("forward", ("forward", "lookahead"))  # exact first-order form, or the reference's
     normalize: str = "org"  # see mlbseg.meta: clamp_sum (org), softmax_per_sample, sigmoid_sum, ...
     temperature: float = 1.0
-    meta_batch_size: int = 2  # clean meta slices per step (each expanded to five views when enabled)
+    meta_batch_size: int = 2  # clean meta slices per step and process (five views each when enabled)
     consistency_weight: float = 0.0  # MLB-Seg multi-view consistency; 0 = off
     warmup_epochs: int = 0  # epochs of plain mean BCE on the noisy labels before meta-weighting starts
     views: ViewsConfig = field(default_factory=ViewsConfig)
@@ -111,11 +111,12 @@ class TrainConfig:
     """Loop length, batch size, device and reproducibility."""
 
     epochs: int = 100
-    batch_size: int = 1  # training slices per step (each expanded to five views when enabled)
+    batch_size: int = 1  # training slices per step and process (each expanded to five views when enabled)
     steps_per_epoch: int | None = None  # None = one pass over the training slices
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16/fp16 autocast for the real steps on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model for the real steps (the meta engine stays eager)
     deterministic: bool = True  # deterministic kernels: resume reproduces an uninterrupted run
     log_every: int = 50  # steps between progress/TensorBoard updates (the only host syncs in a step)
 

@@ -4,6 +4,16 @@
 → clipped SGD step → the extra supervised step on the clean meta batch. ``l2rw`` drops β, ``baseline``
 trains on the mean BCE of the noisy labels, ``baseline_plus_meta`` adds the meta-batch step. Everything
 stays on the training device; the returned statistics are device tensors, read only when logged.
+
+Precision: with ``amp_dtype`` (bf16 on CUDA) the real forwards run under autocast; the meta engine always
+runs in float32 (it is called outside autocast), so the weights do not inherit bf16 rounding.
+
+Across processes (``dist``) each process holds its part of the global batch. Every gradient is averaged
+over the processes before clipping, and each process's loss is its estimate of the loss of the global
+batch: mean terms (BCE means, consistency, EMA) as they are, and the α/β-weighted sum times the number
+of processes, because the weights are normalised over the global batch and the global weighted loss is the
+*sum* of the processes' weighted sums. The averaged gradient is then exactly the gradient one process
+computes on the concatenated batch, and so is the update.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.meta import bootstrap_weights
 from mlbseg.seg.augment import random_flip_rotate
@@ -52,7 +63,12 @@ class Batch:
 
 
 class SegmentationStep:
-    """Holds what a step needs (model, optimizer, teacher, generator) and runs one iteration."""
+    """Holds what a step needs (model, optimizer, teacher, generator) and runs one iteration.
+
+    ``dist`` is this process's place in a run across processes (:data:`SINGLE` for one process);
+    ``compile_model`` runs the real steps' forwards through ``torch.compile(model)`` (the meta engine and
+    the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
+    """
 
     def __init__(
         self,
@@ -64,10 +80,14 @@ class SegmentationStep:
         teacher: EMATeacher | None,
         generator: torch.Generator,
         amp_dtype: torch.dtype | None,
+        *,
+        dist: Distributed = SINGLE,
+        compile_model: bool = False,
     ) -> None:
         self.model, self.optimizer, self.method, self.data = model, optimizer, method, data
         self.grad_clip_norm, self.teacher, self.generator = grad_clip_norm, teacher, generator
-        self.amp_dtype = amp_dtype
+        self.amp_dtype, self.dist = amp_dtype, dist
+        self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
 
     def expand(self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> Batch:
         """Dataset-level flip/rotation (same for image and masks), then the five views when enabled."""
@@ -93,12 +113,13 @@ class SegmentationStep:
         stats: dict[str, torch.Tensor] = {}
         if meta_weighting and self.method.uses_meta_weights:
             weights = self.meta_weights(batch, meta, probs.detach(), extra)
-            loss = (weights.alpha * _bce(logits, batch.labels)).sum()
+            weighted = (weights.alpha * _bce(logits, batch.labels)).sum()
             stats["alpha_mean"] = weights.alpha.mean()
             stats["beta_mean"] = torch.zeros_like(stats["alpha_mean"])
             if weights.beta is not None and weights.pseudo is not None:
-                loss = loss + (weights.beta * _bce(logits, weights.pseudo)).sum()
+                weighted = weighted + (weights.beta * _bce(logits, weights.pseudo)).sum()
                 stats["beta_mean"] = weights.beta.mean()
+            loss = self.dist.world_size * weighted  # a share of a global sum; gradients are averaged
         else:
             loss = _bce(logits, batch.labels).mean()
         if extra is not None:
@@ -135,6 +156,8 @@ class SegmentationStep:
             normalize=self.method.normalize,
             temperature=self.method.temperature,
             extra_loss=extra,
+            distributed=self.dist.enabled,
+            process_group=self.dist.group,
         )
         return MetaWeights(alpha, beta, pseudo)
 
@@ -143,14 +166,18 @@ class SegmentationStep:
         """[V, 1, h, w] foreground probabilities in train mode, without gradients (for inspection)."""
         return self._forward(images).sigmoid()
 
+    def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
+        """Autocast to ``amp_dtype`` for a real forward of ``images``; nothing without AMP."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(images.device.type, dtype=self.amp_dtype)
+
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        autocast = (
-            torch.autocast(images.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
-            return self.model(images).float()
+        """[V, 1, h, w] float32 logits of the real step's model (compiled if enabled) under autocast."""
+        # NOTE: no channels_last conversion of the inputs: with one channel, [N, 1, H, W] is already
+        # channels_last-contiguous (NCHW and NHWC strides coincide).
+        with self._autocast(images):
+            return self.forward_model(images).float()
 
     def _pseudo_labels(self, probs: torch.Tensor, views: ViewParams | None) -> torch.Tensor:
         """[V, 1, h, w] float 0/1: the multi-view average (or the single prediction) thresholded at 0.5."""
@@ -177,7 +204,8 @@ class SegmentationStep:
     def _teacher_probs(self, images: torch.Tensor) -> torch.Tensor:
         assert self.teacher is not None
         noise = torch.randn(images.shape, generator=self.generator, device=images.device)
-        return self.teacher.model(images + self.method.ema.noise_std * noise).float().sigmoid()
+        with self._autocast(images):  # a target, no gradient: the real step's precision is enough
+            return self.teacher.model(images + self.method.ema.noise_std * noise).float().sigmoid()
 
     def _meta_step(self, meta: Batch) -> torch.Tensor:
         """The supervised step on the clean meta batch (the reference's step 6)."""
@@ -190,8 +218,10 @@ class SegmentationStep:
         return loss.detach()
 
     def _apply(self, loss: torch.Tensor) -> None:
+        """Backward, average the gradients over the processes, clip, SGD step, teacher update."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.model.parameters())
         if self.grad_clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
         self.optimizer.step()

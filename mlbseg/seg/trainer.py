@@ -4,16 +4,24 @@
 streams (training slices, meta slices); :func:`mlbseg.engine.fit.fit` drives it epoch by epoch and writes
 the checkpoints. After every epoch the validation Dice on the clean meta cases (never the test cases) is
 logged.
+
+Under ``torchrun`` (:mod:`mlbseg.engine.distributed`) every process trains the same run on its part of
+each global batch: ``train.batch_size`` and ``method.meta_batch_size`` are per process, both index streams
+draw global batches from one generator seeded alike on every process (the same permutation everywhere,
+a different part on each process, new meta slices every step), and augmentation uses a generator of each
+process's own. With one process everything is as before: one generator for streams and augmentation.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mlbseg.engine.distributed import SINGLE, Distributed, distributed_session
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.fit import fit
 from mlbseg.engine.logbook import Logbook
@@ -35,16 +43,21 @@ def default_run_dir(cfg: SegConfig) -> Path:
 
 
 def train(cfg: SegConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Train one run end to end (or continue it with ``resume``) and return its folder."""
-    return fit(cfg, run_dir or default_run_dir(cfg), resume, cfg.train.epochs, SegmentationRun)
+    """Train one run end to end (or continue it with ``resume``) and return its folder.
+
+    Started by ``torchrun``, the processes train one run together (see the module docstring).
+    """
+    with distributed_session(resolve_device(cfg.train.device)) as dist:
+        build = functools.partial(SegmentationRun, dist=dist)
+        return fit(cfg, run_dir or default_run_dir(cfg), resume, cfg.train.epochs, build, dist)
 
 
 class SegmentationRun:
     """Everything that changes during a segmentation run, and one epoch of training."""
 
-    def __init__(self, cfg: SegConfig) -> None:
-        self.cfg = cfg
-        self.device = resolve_device(cfg.train.device)
+    def __init__(self, cfg: SegConfig, dist: Distributed = SINGLE) -> None:
+        self.cfg, self.dist = cfg, dist
+        self.device = dist.place(resolve_device(cfg.train.device))
         seed_everything(cfg.train.seed, cfg.train.deterministic)
         prepared = Path(cfg.data.prepared)
         label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
@@ -54,16 +67,32 @@ class SegmentationRun:
         _check_zoom_pads(cfg, self.train_set.images.shape[-1])
         _check_normalizer(cfg)
         model = self._build_model()
+        dist.broadcast_module(model)
         optimizer = build_optimizer(model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs)
         teacher = EMATeacher(model, cfg.method.ema.decay) if cfg.method.uses_ema else None
-        generator = make_generator(cfg.train.seed, self.device)
+        generator = make_generator(dist.rank_seed(cfg.train.seed), self.device)  # augmentation, views
+        self.stream_generator = make_generator(cfg.train.seed, self.device) if dist.enabled else generator
         amp_dtype = _amp_dtype(self.device) if cfg.train.amp else None
         self.step = SegmentationStep(
-            model, optimizer, cfg.method, cfg.data, cfg.optim.grad_clip_norm, teacher, generator, amp_dtype
+            model,
+            optimizer,
+            cfg.method,
+            cfg.data,
+            cfg.optim.grad_clip_norm,
+            teacher,
+            generator,
+            amp_dtype,
+            dist=dist,
+            compile_model=cfg.train.compile,
         )
-        self.train_stream = IndexStream(len(self.train_set), cfg.train.batch_size, generator)
-        self.meta_stream = IndexStream(len(self.meta_set), cfg.method.meta_batch_size, generator)
+        world = dist.world_size  # the streams draw global batches; each process takes its part
+        self.train_stream = IndexStream(
+            len(self.train_set), cfg.train.batch_size * world, self.stream_generator
+        )
+        self.meta_stream = IndexStream(
+            len(self.meta_set), cfg.method.meta_batch_size * world, self.stream_generator
+        )
         self.epoch = 0
         self.global_step = 0
 
@@ -81,39 +110,47 @@ class SegmentationRun:
 
     @property
     def steps_per_epoch(self) -> int:
-        """``train.steps_per_epoch``, or one pass over the training slices."""
-        return self.cfg.train.steps_per_epoch or max(1, len(self.train_set) // self.cfg.train.batch_size)
+        """``train.steps_per_epoch``, or one pass over the training slices (by all processes together)."""
+        global_batch = self.cfg.train.batch_size * self.dist.world_size
+        return self.cfg.train.steps_per_epoch or max(1, len(self.train_set) // global_batch)
 
     def train_epoch(self, logbook: Logbook) -> dict[str, float]:
         """One epoch of steps, the LR schedule step, and the validation Dice on the meta cases."""
-        cfg, step = self.cfg, self.step
+        cfg, step, dist = self.cfg, self.step, self.dist
         meta_weighting = self.epoch >= cfg.method.warmup_epochs
         num_steps = self.steps_per_epoch
         totals: dict[str, torch.Tensor] = {}
         started = time.perf_counter()
         with EpochProgress(f"epoch {self.epoch + 1}/{cfg.train.epochs}", num_steps) as progress:
             for index in range(num_steps):
-                batch = step.expand(*self.train_set.batch(self.train_stream.next()))
-                meta = step.expand(*self.meta_set.batch(self.meta_stream.next()))
+                batch = step.expand(*self.train_set.batch(dist.shard(self.train_stream.next())))
+                meta = step.expand(*self.meta_set.batch(dist.shard(self.meta_stream.next())))
                 for name, value in step(batch, meta, meta_weighting).items():
                     totals[name] = totals[name] + value if name in totals else value
                 self.global_step += 1
                 if (index + 1) % cfg.train.log_every == 0 or index + 1 == num_steps:
-                    means = {name: float(total) / (index + 1) for name, total in totals.items()}
+                    means = _floats(dist.mean_values({k: v / (index + 1) for k, v in totals.items()}))
                     logbook.scalars("step", means, self.global_step)
                     progress.update(index + 1, loss=means["loss"])
         row: dict[str, float] = {"epoch": self.epoch + 1, "lr": step.optimizer.param_groups[0]["lr"]}
-        row.update({name: float(total) / num_steps for name, total in totals.items()})
-        row["val_dice"] = validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)
+        row.update(_floats(dist.mean_values({k: v / num_steps for k, v in totals.items()})))
+        dist.average_buffers([step.model] if step.teacher is None else [step.model, step.teacher.model])
+        row["val_dice"] = float("nan")  # rank 0 alone validates and writes the row
+        if dist.is_main:
+            row["val_dice"] = validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)
         row["seconds"] = time.perf_counter() - started
         self.scheduler.step()
         self.epoch += 1
         return row
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, schedule, teacher, generator and stream positions, counters."""
+        """Model, optimizer, schedule, teacher, generator and stream positions, counters.
+
+        Across processes (every process must call it) also the shared stream generator, every
+        process's own generator, and the number of processes.
+        """
         step = self.step
-        return {
+        state = {
             "model": step.model.state_dict(),
             "optimizer": step.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -124,16 +161,32 @@ class SegmentationRun:
             "epoch": self.epoch,
             "global_step": self.global_step,
         }
+        if self.dist.enabled:
+            state["world_size"] = self.dist.world_size
+            state["stream_generator"] = self.stream_generator.get_state()
+            state["rank_generators"] = self.dist.gather(step.generator.get_state())
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`."""
+        """Continue from :meth:`state_dict` (written by as many processes as this run has)."""
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            raise UserError(
+                f"the checkpoint was written by {saved_world} process(es), this run has "
+                f"{self.dist.world_size}; resume with torchrun --nproc-per-node {saved_world}"
+                + (" (or without torchrun)" if saved_world == 1 else "")
+            )
         step = self.step
         step.model.load_state_dict(state["model"])
         step.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if step.teacher is not None:
             step.teacher.load_state_dict(state["teacher"])
-        step.generator.set_state(state["generator"])
+        if self.dist.enabled:
+            self.stream_generator.set_state(state["stream_generator"])
+            step.generator.set_state(state["rank_generators"][self.dist.rank])
+        else:
+            step.generator.set_state(state["generator"])
         self.train_stream.load_state_dict(state["train_stream"])
         self.meta_stream.load_state_dict(state["meta_stream"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
@@ -142,6 +195,11 @@ class SegmentationRun:
         """The student's weights and, when enabled, the EMA teacher's."""
         teacher = self.step.teacher
         return {"model": self.step.model.state_dict(), "teacher": teacher.state_dict() if teacher else None}
+
+
+def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Read device scalars (a host synchronisation: only when logging)."""
+    return {name: float(value) for name, value in values.items()}
 
 
 def _check_zoom_pads(cfg: SegConfig, size: int) -> None:

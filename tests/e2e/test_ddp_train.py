@@ -1,0 +1,130 @@
+"""`torchrun --nproc-per-node 2 -m mlbseg train` on the CPU (gloo): one run folder, resume after a kill.
+
+Two processes train the smoke config on tiny phantoms. Rank 0 alone writes the run folder; a run killed
+(the whole process group, SIGKILL) after its first checkpoint resumes on two processes to exactly the
+weights of an uninterrupted run; mistakes end every process with the one-line error instead of a hang.
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mlbseg.cli import app
+
+ROOT = Path(__file__).parents[2]
+SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+TIMEOUT = 240
+runner = CliRunner()
+
+pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to python")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    base = tmp_path_factory.mktemp("data")
+    result = runner.invoke(app, ["synth", str(base / "raw"), "--cases", "6", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["prepare", str(base / "raw"), str(base / "prepared"), "--size", "32"])
+    assert result.exit_code == 0, result.output
+    return base / "prepared"
+
+
+def _torchrun(prepared: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
+    """Two CPU processes training 3 epochs of 2 steps; their own session, so the group can be killed."""
+    command = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "mlbseg", "train"]
+    command += [str(SMOKE), "--set", f"data.prepared={prepared}", "--set", "train.device=cpu"]
+    command += ["--set", "train.epochs=3", "--run-dir", str(run_dir), *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+
+
+def _finish(process: subprocess.Popen) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"torchrun did not finish in {TIMEOUT} s (deadlock?):\n{output.decode()[-3000:]}")
+    return process.returncode, output.decode()
+
+
+def _model(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["model"]
+
+
+@pytest.fixture(scope="module")
+def finished(prepared, tmp_path_factory):
+    """An uninterrupted two-process run."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "run"
+    code, output = _finish(_torchrun(prepared, run_dir))
+    assert code == 0, output
+    return run_dir
+
+
+def test_rank_0_alone_writes_the_run_folder(finished):
+    assert sorted(path.name for path in finished.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "metrics.csv",
+        "tensorboard",
+    ]
+    assert sorted(path.name for path in (finished / "checkpoints").iterdir()) == ["final.pt", "last.pt"]
+    assert len(list((finished / "tensorboard").iterdir())) == 1  # one events file: rank 0's
+    rows = list(csv.DictReader((finished / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    for row in rows:
+        for key in ("loss", "meta_loss", "alpha_mean", "beta_mean", "val_dice"):
+            assert float(row[key]) == float(row[key]), key  # present and not NaN (val_dice: rank 0's)
+    last = torch.load(finished / "checkpoints" / "last.pt", weights_only=False)
+    assert last["world_size"] == 2
+    assert last["epoch"] == 3
+    assert last["global_step"] == 6
+    first, second = last["rank_generators"]
+    assert not torch.equal(first, second)  # each process augments with its own generator
+
+
+def test_resume_after_killing_every_process_matches_the_uninterrupted_run(prepared, finished, tmp_path):
+    run_dir = tmp_path / "killed"
+    victim = _torchrun(prepared, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + TIMEOUT
+    while not last.exists() and time.monotonic() < deadline and victim.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), _finish(victim)[1]
+    os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
+    victim.wait()
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+    code, output = _finish(_torchrun(prepared, run_dir, "--resume"))
+    assert code == 0, output
+    expected, actual = (
+        _model(finished / "checkpoints" / "final.pt"),
+        _model(run_dir / "checkpoints" / "final.pt"),
+    )
+    for name, value in expected.items():
+        assert torch.equal(value, actual[name]), name
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+
+
+def test_a_mistake_stops_both_processes_with_one_line(prepared, finished):
+    code, output = _finish(_torchrun(prepared, finished))  # the folder holds a run: no --resume
+    assert code != 0
+    assert output.count("use --resume or another --run-dir") == 2  # both ranks report it, neither hangs
+
+
+def test_resuming_with_another_number_of_processes_is_refused(prepared, finished):
+    args = ["train", str(SMOKE), "--set", f"data.prepared={prepared}", "--set", "train.device=cpu"]
+    result = runner.invoke(app, [*args, "--set", "train.epochs=3", "--run-dir", str(finished), "--resume"])
+    assert result.exit_code == 2
+    assert "torchrun --nproc-per-node 2" in result.output
