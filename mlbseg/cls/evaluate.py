@@ -19,15 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from mlbseg.cls.config import ClsConfig, dataset_kwargs
 from mlbseg.cls.step import write_atomic
 from mlbseg.engine.checkpoint import load_run_checkpoint
-from mlbseg.engine.seeding import resolve_device
+from mlbseg.engine.seeding import amp_dtype_for, resolve_device
 from mlbseg.errors import UserError
-
-
-def amp_dtype_for(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the GPU supports it; full precision on CPU and older GPUs (no loss scaling)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device) -> DataLoader:

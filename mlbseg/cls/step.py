@@ -14,7 +14,6 @@ Everything stays on the training device; nothing here reads a value back to the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlbseg.cls.config import MethodConfig
+from mlbseg.engine.optim import apply_update, autocast_to
 from mlbseg.engine.seeding import make_generator
 from mlbseg.meta import bootstrap_weights
 
@@ -138,20 +138,11 @@ class ClassificationStep:
         return lam, pairing
 
     def _forward(self, images: Tensor) -> Tensor:
-        autocast = (
-            torch.autocast(images.device.type, dtype=self.amp_dtype)
-            if self.amp_dtype is not None
-            else contextlib.nullcontext()
-        )
-        with autocast:
+        with autocast_to(self.amp_dtype, images.device.type):
             return self.model(images).float()
 
     def _apply(self, loss: Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
+        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm)
 
     def state_dict(self) -> dict[str, Any]:
         """The random sources' states (model and optimizer are saved by the run)."""

@@ -29,13 +29,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlbseg.cls.config import ClsConfig, check_config, dataset_kwargs
 from mlbseg.cls.data import ClassificationData
-from mlbseg.cls.evaluate import amp_dtype_for, eval_loader, evaluate_accuracy
+from mlbseg.cls.evaluate import eval_loader, evaluate_accuracy
 from mlbseg.cls.step import ClassificationStep, EpochMeter, WeightLog, write_atomic
 from mlbseg.engine.fit import fit
 from mlbseg.engine.logbook import Logbook
 from mlbseg.engine.optim import build_optimizer, build_scheduler
 from mlbseg.engine.progress import EpochProgress
-from mlbseg.engine.seeding import make_generator, resolve_device, seed_everything
+from mlbseg.engine.seeding import amp_dtype_for, make_generator, resolve_device, seed_everything
 from mlbseg.errors import UserError
 
 TRAIN_STREAM, META_STREAM = 1, 2  # keep the training and meta orders independent for one seed

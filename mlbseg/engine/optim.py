@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -43,3 +45,25 @@ def build_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR applying :func:`lr_factor`; call ``step()`` once at the end of every epoch."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: lr_factor(epoch, cfg, epochs))
+
+
+def apply_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    grad_clip_norm: float | None,
+    average_gradients: Callable[[Iterable[torch.Tensor]], None] | None = None,
+) -> None:
+    """One real optimizer step: backward, (average gradients over processes), clip the global norm, step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if average_gradients is not None:
+        average_gradients(model.parameters())
+    if grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
+    optimizer.step()
+
+
+def autocast_to(dtype: torch.dtype | None, device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device_type`` for a real forward; nothing when ``dtype`` is None."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type, dtype=dtype)

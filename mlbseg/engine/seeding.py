@@ -40,3 +40,10 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def amp_dtype_for(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the GPU supports it; full precision on CPU and older GPUs (no loss scaling)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.ema import EMATeacher
+from mlbseg.engine.optim import apply_update, autocast_to
 from mlbseg.meta import bootstrap_weights
 from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
@@ -168,9 +169,7 @@ class SegmentationStep:
 
     def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
         """Autocast to ``amp_dtype`` for a real forward of ``images``; nothing without AMP."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(images.device.type, dtype=self.amp_dtype)
+        return autocast_to(self.amp_dtype, images.device.type)
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         """[V, 1, h, w] float32 logits of the real step's model (compiled if enabled) under autocast."""
@@ -219,12 +218,7 @@ class SegmentationStep:
 
     def _apply(self, loss: torch.Tensor) -> None:
         """Backward, average the gradients over the processes, clip, SGD step, teacher update."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.average_gradients(self.model.parameters())
-        if self.grad_clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip_norm)
-        self.optimizer.step()
+        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm, self.dist.average_gradients)
         if self.teacher is not None:
             self.teacher.update(self.model)
 

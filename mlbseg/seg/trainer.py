@@ -27,7 +27,7 @@ from mlbseg.engine.fit import fit
 from mlbseg.engine.logbook import Logbook
 from mlbseg.engine.optim import build_optimizer, build_scheduler
 from mlbseg.engine.progress import EpochProgress
-from mlbseg.engine.seeding import make_generator, resolve_device, seed_everything
+from mlbseg.engine.seeding import amp_dtype_for, make_generator, resolve_device, seed_everything
 from mlbseg.engine.streams import IndexStream
 from mlbseg.errors import UserError
 from mlbseg.seg.config import SegConfig
@@ -73,7 +73,7 @@ class SegmentationRun:
         teacher = EMATeacher(model, cfg.method.ema.decay) if cfg.method.uses_ema else None
         generator = make_generator(dist.rank_seed(cfg.train.seed), self.device)  # augmentation, views
         self.stream_generator = make_generator(cfg.train.seed, self.device) if dist.enabled else generator
-        amp_dtype = _amp_dtype(self.device) if cfg.train.amp else None
+        amp_dtype = amp_dtype_for(self.device) if cfg.train.amp else None
         self.step = SegmentationStep(
             model,
             optimizer,
@@ -220,10 +220,3 @@ def _check_normalizer(cfg: SegConfig) -> None:
         resolve_normalizer_name(cfg.method.normalize, loss="bce")
     except ValueError as err:
         raise UserError(f"method.normalize: {err}") from None
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the GPU supports it; full precision on CPU and older GPUs (no loss scaling)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
