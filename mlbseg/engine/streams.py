@@ -51,3 +51,42 @@ class IndexStream:
         """Continue exactly where :meth:`state_dict` was taken."""
         self._order = state["order"].to(self.generator.device)
         self._position = state["position"]
+
+
+class MixedIndexStream:
+    """Batches that take a fixed share from a subset of indices (e.g. slices with foreground).
+
+    Each batch is ``groups`` groups (one per process) of ``batch_size`` indices; in every group the first
+    ``subset_count`` come from ``subset`` and the rest from ``range(size)``, each pool an endless
+    :class:`IndexStream`. Grouping per process keeps the share the same on every process when the global
+    batch is split into equal chunks (nnU-Net's foreground oversampling, made shard-safe).
+    """
+
+    def __init__(
+        self,
+        subset: torch.Tensor,
+        size: int,
+        batch_size: int,
+        subset_count: int,
+        groups: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.subset, self.groups = subset, groups
+        self.batch_size, self.subset_count = batch_size, subset_count
+        self.from_subset = IndexStream(len(subset), subset_count * groups, generator)
+        self.from_all = IndexStream(size, (batch_size - subset_count) * groups, generator)
+
+    def next(self) -> torch.Tensor:
+        """The next batch of indices, [groups · batch_size] int64 on the generator's device."""
+        chosen = self.subset[self.from_subset.next()].view(self.groups, self.subset_count)
+        rest = self.from_all.next().view(self.groups, self.batch_size - self.subset_count)
+        return torch.cat([chosen, rest], dim=1).flatten()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both pools' permutations and positions."""
+        return {"subset": self.from_subset.state_dict(), "all": self.from_all.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken."""
+        self.from_subset.load_state_dict(state["subset"])
+        self.from_all.load_state_dict(state["all"])

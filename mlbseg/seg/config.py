@@ -24,6 +24,9 @@ class DataConfig:
     noise: str = choice("L2", NOISE_LEVELS)  # training labels: noisy_L1..L3 or the clean masks
     flip_prob: float = 0.5  # horizontal flip, same for image and masks
     rotation_degrees: float = 10.0  # uniform in ±degrees, same for image and masks
+    # Share of each train and meta batch drawn from slices whose label has foreground (nnU-Net-style
+    # oversampling; helps short runs where most slices are empty). 0 = uniform, as the paper.
+    foreground_fraction: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,10 @@ from mlbseg.engine.logbook import Logbook
 from mlbseg.engine.optim import build_optimizer, build_scheduler
 from mlbseg.engine.progress import EpochProgress
 from mlbseg.engine.seeding import amp_dtype_for, make_generator, resolve_device, seed_everything
-from mlbseg.engine.streams import IndexStream
+from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
 from mlbseg.seg.config import SegConfig
-from mlbseg.seg.data import load_slices, load_volumes
+from mlbseg.seg.data import SliceSet, load_slices, load_volumes
 from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.model import build_model
 from mlbseg.seg.step import SegmentationStep
@@ -87,11 +87,12 @@ class SegmentationRun:
             compile_model=cfg.train.compile,
         )
         world = dist.world_size  # the streams draw global batches; each process takes its part
-        self.train_stream = IndexStream(
-            len(self.train_set), cfg.train.batch_size * world, self.stream_generator
+        fraction = cfg.data.foreground_fraction
+        self.train_stream = slice_stream(
+            self.train_set, cfg.train.batch_size, fraction, world, self.stream_generator
         )
-        self.meta_stream = IndexStream(
-            len(self.meta_set), cfg.method.meta_batch_size * world, self.stream_generator
+        self.meta_stream = slice_stream(
+            self.meta_set, cfg.method.meta_batch_size, fraction, world, self.stream_generator
         )
         self.epoch = 0
         self.global_step = 0
@@ -200,6 +201,25 @@ class SegmentationRun:
 def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
     """Read device scalars (a host synchronisation: only when logging)."""
     return {name: float(value) for name, value in values.items()}
+
+
+def slice_stream(
+    slices: SliceSet, batch_size: int, foreground_fraction: float, groups: int, generator: torch.Generator
+) -> IndexStream | MixedIndexStream:
+    """Batch indices into ``slices``, uniform or with foreground oversampling.
+
+    With ``foreground_fraction`` > 0, that share of each process's batch comes from the slices whose
+    training label has foreground (``data.foreground_fraction``).
+    """
+    if not 0.0 <= foreground_fraction <= 1.0:
+        raise UserError(f"data.foreground_fraction: must be in [0, 1], got {foreground_fraction}")
+    count = round(foreground_fraction * batch_size)
+    if count == 0:
+        return IndexStream(len(slices), batch_size * groups, generator)
+    foreground = slices.labels.flatten(1).any(dim=1).nonzero().flatten()  # [F]
+    if len(foreground) == 0:
+        raise UserError("data.foreground_fraction: no slice of this split has a foreground label")
+    return MixedIndexStream(foreground, len(slices), batch_size, count, groups, generator)
 
 
 def _check_zoom_pads(cfg: SegConfig, size: int) -> None:

@@ -121,3 +121,11 @@ def test_unknown_normalizer_and_bad_zoom_pads_fail_before_training(prepared, tmp
     assert result.exit_code == 2
     assert "method.views.zoom_pads" in result.output
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
+
+
+def test_foreground_oversampling_trains_and_rejects_a_bad_share(prepared, tmp_path):
+    result = _train(prepared, tmp_path / "a", "--set", "data.foreground_fraction=0.5")
+    assert result.exit_code == 0, result.output
+    result = _train(prepared, tmp_path / "b", "--set", "data.foreground_fraction=1.5")
+    assert result.exit_code == 2
+    assert "data.foreground_fraction" in result.output
