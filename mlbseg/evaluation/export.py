@@ -22,11 +22,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from mlbseg.errors import UserError
+from mlbseg.prep.volumes import Geometry, read_header
 
 FORMATS = (".mhd", ".mha", ".nii", ".nii.gz")
 NIFTI = (".nii", ".nii.gz")
-
-Geometry = dict[str, list[float]]
 
 
 def volume_format(path: Path) -> str:
@@ -36,42 +35,6 @@ def volume_format(path: Path) -> str:
         if name.endswith(ext):
             return ext
     raise UserError(f"{path}: unsupported volume format; use one of {', '.join(FORMATS)}")
-
-
-def _unreadable(path: Path, what: str) -> UserError:
-    # ITK's own message adds a source line and an unrelated errno text, so it is replaced by a hint.
-    if volume_format(path) in (".mhd", ".mha"):
-        hint = "check the header and that its data file (usually .raw) is beside it and complete"
-    else:
-        hint = "the file is damaged, truncated or not NIfTI"
-    return UserError(f"{path}: cannot read {what}; {hint}")
-
-
-def _geometry(spacing: tuple, origin: tuple, direction: tuple) -> Geometry:
-    """The first three axes of an N-D (N = 3 or 4) SimpleITK geometry, spacing reversed to (z, y, x)."""
-    dim = len(spacing)
-    matrix = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
-    return {
-        "spacing": [float(s) for s in spacing[:3][::-1]],
-        "origin": [float(o) for o in origin[:3]],
-        "direction": [float(d) for d in matrix.ravel()],
-    }
-
-
-def _read_header(path: Path) -> tuple[tuple[int, ...], Geometry]:
-    """Size (x, y, z) and geometry of a reference volume, without reading its voxels."""
-    if not path.is_file():
-        raise UserError(f"{path}: no such file (reference volume for the mask's geometry)")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise _unreadable(path, "the reference volume's header") from None
-    if reader.GetDimension() not in (3, 4):
-        raise UserError(f"{path}: expected a 3-D or 4-D reference volume, got size {reader.GetSize()}")
-    geometry = _geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
-    return tuple(reader.GetSize()[:3]), geometry
 
 
 def _write_with_sitk(mask: np.ndarray, geometry: Geometry, target: Path) -> None:
@@ -118,7 +81,7 @@ def write_mask_like(
     """
     reference_path, out_path = Path(reference_path), Path(out_path)
     out_format = volume_format(out_path)
-    size_xyz, geometry = _read_header(reference_path)
+    size_xyz, geometry = read_header(reference_path)
     mask = np.asarray(mask_zyx)
     if mask.shape != size_xyz[::-1]:
         raise UserError(

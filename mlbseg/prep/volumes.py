@@ -14,6 +14,7 @@ order never appears inside the package. Geometry follows nnU-Net's convention:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,8 @@ def volume_suffix(path: Path) -> str | None:
     return next((suffix for suffix in VOLUME_SUFFIXES if name.endswith(suffix)), None)
 
 
-def _read_image(path: Path) -> Any:
-    """Read with SimpleITK in two steps, so a bad header and bad voxel data get their own message."""
+def _open(path: Path) -> Any:
+    """A SimpleITK reader whose header has been read; a missing file or bad header is a UserError."""
     import SimpleITK as sitk
 
     if not path.is_file():
@@ -46,6 +47,12 @@ def _read_image(path: Path) -> Any:
         raise UserError(
             f"{path}: cannot read this volume's header (not a valid MetaImage/NIfTI file?)"
         ) from None
+    return reader
+
+
+def _read_image(path: Path) -> Any:
+    """Read with SimpleITK in two steps, so a bad header and bad voxel data get their own message."""
+    reader = _open(path)
     try:
         return reader.Execute()
     except RuntimeError:
@@ -55,6 +62,27 @@ def _read_image(path: Path) -> Any:
             else " (truncated file?)"
         )
         raise UserError(f"{path}: cannot read this volume's voxel data{data}") from None
+
+
+def geometry_of(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> Geometry:
+    """The geometry of the first three axes of an N-D (N = 3 or 4) SimpleITK image: spacing as (z, y, x)."""
+    dim = len(spacing)
+    matrix = np.asarray(direction, dtype=np.float64).reshape(dim, dim)[:3, :3]
+    return {
+        "spacing": [float(s) for s in spacing[:3][::-1]],
+        "origin": [float(o) for o in origin[:3]],
+        "direction": [float(d) for d in matrix.ravel()],
+    }
+
+
+def read_header(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
+    """Size (x, y, z) and geometry of a 3-D or 4-D volume, without reading its voxels."""
+    path = Path(path)
+    reader = _open(path)
+    if reader.GetDimension() not in (3, 4):
+        raise UserError(f"{path}: expected a 3-D or 4-D volume, got size {reader.GetSize()}")
+    size = tuple(int(n) for n in reader.GetSize()[:3])
+    return size, geometry_of(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())  # type: ignore[return-value]
 
 
 def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarray, Geometry]:
@@ -89,13 +117,7 @@ def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarra
                 f"{path}: has {array.shape[0]} channels (0..{array.shape[0] - 1}); got --channel {channel}"
             )
         array = np.ascontiguousarray(array[channel])
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
-    geometry = {
-        "spacing": [float(s) for s in image.GetSpacing()[:3][::-1]],
-        "origin": [float(o) for o in image.GetOrigin()[:3]],
-        "direction": [float(d) for d in direction.ravel()],
-    }
-    return array, geometry
+    return array, geometry_of(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
 
 
 def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = False) -> None:
