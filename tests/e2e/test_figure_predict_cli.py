@@ -34,17 +34,14 @@ app.add_typer(figure.app, name="figure")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Phantoms at --size 32 and one smoke run of MLB-Seg on them: (raw, prepared, run)."""
-    base = tmp_path_factory.mktemp("figures")
-    raw, prepared, run = base / "raw", base / "prepared", base / "run"
-    for args in (
-        ["synth", str(raw), "--cases", "6", "--seed", "1", "--slices", "12", "16", "--in-plane", "64", "96"],
-        ["prepare", str(raw), str(prepared), "--size", "32"],
-        ["train", str(SMOKE), "--set", f"data.prepared={prepared}", "--run-dir", str(run)],
-    ):
-        result = runner.invoke(main_app, args)
-        assert result.exit_code == 0, result.output
+def trained(phantoms, tmp_path_factory):
+    """The shared phantoms and one smoke run of MLB-Seg on them: (raw, prepared, run)."""
+    raw, prepared = phantoms
+    run = tmp_path_factory.mktemp("figures") / "run"
+    result = runner.invoke(
+        main_app, ["train", str(SMOKE), "--set", f"data.prepared={prepared}", "--run-dir", str(run)]
+    )
+    assert result.exit_code == 0, result.output
     return raw, prepared, run
 
 

@@ -10,7 +10,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from mlbseg.cli import app as main_app
 from mlbseg.cli._errors import reports_user_errors
 from mlbseg.cli.repeat import repeat
 
@@ -25,16 +24,8 @@ app.command("unused")(lambda: None)  # a second command keeps `repeat` a named s
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    base = tmp_path_factory.mktemp("repeat")
-    synth = ["synth", str(base / "raw"), "--cases", "6", "--seed", "1", "--slices", "12", "16"]
-    for args in (
-        [*synth, "--in-plane", "64", "96"],
-        ["prepare", str(base / "raw"), str(base / "prepared"), "--size", "32"],
-    ):
-        result = runner.invoke(main_app, args)
-        assert result.exit_code == 0, result.output
-    return base / "prepared"
+def prepared(phantoms):
+    return phantoms[1]
 
 
 def _repeat(out, *args):

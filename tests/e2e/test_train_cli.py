@@ -22,13 +22,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    base = tmp_path_factory.mktemp("data")
-    result = runner.invoke(app, ["synth", str(base / "raw"), "--cases", "6", "--seed", "1"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["prepare", str(base / "raw"), str(base / "prepared"), "--size", "32"])
-    assert result.exit_code == 0, result.output
-    return base / "prepared"
+def prepared(phantoms):
+    return phantoms[1]
 
 
 def _train(prepared, run_dir, *extra):
