@@ -16,6 +16,9 @@ def synth(
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (same seed, same bytes)."),
     in_plane: tuple[int, int] = typer.Option((256, 512), "--in-plane", help="In-plane size range LOW HIGH."),
     slices: tuple[int, int] = typer.Option((15, 54), "--slices", help="Slice count range LOW HIGH."),
+    fov: tuple[float, float] = typer.Option(
+        (130.0, 200.0), "--fov", help="In-plane field of view range LOW HIGH in mm (small = gland-centred)."
+    ),
     jobs: int = typer.Option(1, "--jobs", min=1, help=f"Worker processes (this machine has {_CORES} cores)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
@@ -23,7 +26,14 @@ def synth(
     from mlbseg.prep.synth import write_phantoms
 
     ids = write_phantoms(
-        out, cases=cases, seed=seed, overwrite=overwrite, in_plane=in_plane, slices=slices, jobs=jobs
+        out,
+        cases=cases,
+        seed=seed,
+        overwrite=overwrite,
+        in_plane=in_plane,
+        slices=slices,
+        fov=fov,
+        jobs=jobs,
     )
     typer.echo(f"Wrote {len(ids)} phantom cases ({ids[0]}..{ids[-1]}) into {out}")
 

@@ -1,13 +1,13 @@
 """One synthetic T2-weighted prostate MR volume with its gland mask, PROMISE12-like (for demos and tests).
 
-Geometry: in-plane 256–512 pixels over a 130–200 mm field of view, 15–54 axial slices of 2.2–4 mm (both
-ranges adjustable), identity direction, varied origins. Anatomy in a (z, y, x) array, y growing towards
-posterior (LPS): body outline with subcutaneous fat, pelvic muscle, periprostatic fat, obturator muscles,
-pubic bones, the rectum (with an endorectal-coil balloon in some cases), the bladder above the base and the
-seminal vesicles behind it. The gland is a lobulated, posteriorly indented ellipse whose size grows from
-the apex and shrinks again at the base (peak nearer the base), with a tilted axis, a bright peripheral
-zone, a darker transition zone that grows towards the base, an anterior stroma and a thin, faint
-posterolateral capsule.
+Geometry: in-plane 256–512 pixels over a 130–200 mm field of view, 15–54 axial slices of 2.2–4 mm (all three
+ranges adjustable; a small field of view gives a prostate-centred, zoomed acquisition), identity direction,
+varied origins. Anatomy in a (z, y, x) array, y growing towards posterior (LPS): body outline with
+subcutaneous fat, pelvic muscle, periprostatic fat, obturator muscles, pubic bones, the rectum (with an
+endorectal-coil balloon in some cases), the bladder above the base and the seminal vesicles behind it. The
+gland is a lobulated, posteriorly indented ellipse whose size grows from the apex and shrinks again at the
+base (peak nearer the base), with a tilted axis, a bright peripheral zone, a darker transition zone that
+grows towards the base, an anterior stroma and a thin, faint posterolateral capsule.
 Acquisition: multiplicative smooth tissue texture, a smooth bias field (plus a coil hot spot), Rician
 noise and a scanner gain, stored as int16. Gland contrast against its surroundings is modest on purpose.
 Everything is drawn from the ``rng`` given, so one seed gives the same volume, byte for byte.
@@ -24,6 +24,7 @@ from mlbseg.prep.resize import resize_slices
 
 PROMISE12_SIZES = (256, 320, 384, 512)
 SLICE_THICKNESS_MM = (2.2, 3.0, 3.6, 4.0)
+FIELD_OF_VIEW_MM = (130.0, 200.0)
 
 
 @dataclass(frozen=True)
@@ -59,11 +60,13 @@ class _Gland:
     tz: float  # transition-zone size (fraction of the gland)
 
 
-def _grid(rng: np.random.Generator, in_plane: tuple[int, int], slices: tuple[int, int]) -> _Grid:
+def _grid(
+    rng: np.random.Generator, in_plane: tuple[int, int], slices: tuple[int, int], fov: tuple[float, float]
+) -> _Grid:
     sizes = [n for n in PROMISE12_SIZES if in_plane[0] <= n <= in_plane[1]]
     n = int(rng.choice(sizes)) if sizes else int(rng.integers(in_plane[0], in_plane[1] + 1))
     num_slices = int(rng.integers(slices[0], slices[1] + 1))
-    pixel = rng.uniform(130.0, 200.0) / n
+    pixel = rng.uniform(*fov) / n
     thickness = float(rng.choice(SLICE_THICKNESS_MM))
     centres = (np.arange(n) + 0.5 - n / 2) * pixel
     return _Grid(
@@ -214,10 +217,17 @@ def _acquire(
 
 
 def make_phantom(
-    rng: np.random.Generator, in_plane: tuple[int, int] = (256, 512), slices: tuple[int, int] = (15, 54)
+    rng: np.random.Generator,
+    in_plane: tuple[int, int] = (256, 512),
+    slices: tuple[int, int] = (15, 54),
+    fov: tuple[float, float] = FIELD_OF_VIEW_MM,
 ) -> Phantom:
-    """Draw one phantom; ``in_plane`` and ``slices`` bound its size (PROMISE12 sizes used when in range)."""
-    grid = _grid(rng, in_plane, slices)
+    """Draw one phantom.
+
+    ``in_plane`` and ``slices`` bound its size (PROMISE12 sizes used when in range), ``fov`` its in-plane
+    field of view in mm (the gland is 32–52 mm wide).
+    """
+    grid = _grid(rng, in_plane, slices, fov)
     gland = _gland(rng, grid)
     plane, rectum = _pelvis(rng, grid, gland)
     tissue = np.repeat(plane[None], grid.z.size, axis=0)  # [S, N, N]

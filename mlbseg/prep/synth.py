@@ -14,11 +14,12 @@ import numpy as np
 from mlbseg.errors import UserError
 from mlbseg.prep.atomic import atomic_folder
 from mlbseg.prep.discovery import MASK_TAG
-from mlbseg.prep.phantom import make_phantom
+from mlbseg.prep.phantom import FIELD_OF_VIEW_MM, make_phantom
 from mlbseg.prep.tasks import run_tasks
 from mlbseg.prep.volumes import write_volume
 
 MIN_IN_PLANE, MIN_SLICES = 32, 4
+MIN_FOV_MM = 80.0  # the widest gland and its surroundings still fit
 
 
 def case_ids(count: int) -> list[str]:
@@ -39,11 +40,16 @@ def _check_range(name: str, bounds: tuple[int, int], minimum: int) -> None:
 
 
 def _write_case(
-    folder: Path, case_id: str, index: int, seed: int, in_plane: tuple[int, int], slices: tuple[int, int]
+    folder: Path,
+    case_id: str,
+    index: int,
+    seed: int,
+    in_plane: tuple[int, int],
+    slices: tuple[int, int],
+    fov: tuple[float, float],
 ) -> None:
-    phantom = make_phantom(
-        np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,))), in_plane, slices
-    )
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    phantom = make_phantom(rng, in_plane, slices, fov)
     write_volume(folder / f"{case_id}.mhd", phantom.image, phantom.geometry)
     write_volume(folder / f"{case_id}{MASK_TAG}.mhd", phantom.mask, phantom.geometry)
 
@@ -55,6 +61,7 @@ def write_phantoms(
     overwrite: bool = False,
     in_plane: tuple[int, int] = (256, 512),
     slices: tuple[int, int] = (15, 54),
+    fov: tuple[float, float] = FIELD_OF_VIEW_MM,
     jobs: int = 1,
 ) -> list[str]:
     """Write ``cases`` phantoms into the new folder ``out``; return their ids.
@@ -66,16 +73,19 @@ def write_phantoms(
         overwrite: Replace an existing ``out``.
         in_plane: (low, high) in-plane size in pixels; PROMISE12's 256/320/384/512 are used when in range.
         slices: (low, high) number of axial slices.
+        fov: (low, high) in-plane field of view in mm.
         jobs: Worker processes.
     """
     if cases < 1 or seed < 0:
         raise UserError(f"--cases {cases} --seed {seed}: expected at least one case and a seed >= 0")
     _check_range("in-plane", in_plane, MIN_IN_PLANE)
     _check_range("slices", slices, MIN_SLICES)
+    if not MIN_FOV_MM <= fov[0] <= fov[1]:
+        raise UserError(f"--fov {fov[0]:g} {fov[1]:g}: expected {MIN_FOV_MM:g} <= LOW <= HIGH (mm)")
     ids = case_ids(cases)
     with atomic_folder(out, overwrite) as staging:
         tasks = [
-            (staging, case_id, index, seed, tuple(in_plane), tuple(slices))
+            (staging, case_id, index, seed, tuple(in_plane), tuple(slices), tuple(fov))
             for index, case_id in enumerate(ids)
         ]
         run_tasks(_write_case, tasks, jobs, "synth")

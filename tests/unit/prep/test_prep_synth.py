@@ -80,3 +80,21 @@ def test_synth_output_rules(tmp_path):
     with pytest.raises(UserError, match="--in-plane 64 32"):
         write_phantoms(tmp_path / "x", cases=1, in_plane=(64, 32))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_small_field_of_view_zooms_in_on_the_gland():
+    def widest_gland_share(fov):
+        phantom = make_phantom(np.random.default_rng(4), (128, 128), (20, 30), fov=fov)
+        return phantom.mask.mean(axis=(1, 2)).max(), phantom.geometry["spacing"][1] * 128
+
+    wide, wide_mm = widest_gland_share((130.0, 200.0))
+    zoomed, zoomed_mm = widest_gland_share((90.0, 90.0))
+    assert 130.0 <= wide_mm <= 200.0
+    assert zoomed_mm == pytest.approx(90.0)
+    assert zoomed > 2.0 * wide  # the same gland covers (wide_mm / 90)² times more of the slice
+
+
+def test_a_field_of_view_below_80_mm_is_refused(tmp_path):
+    with pytest.raises(UserError, match="--fov 60 90"):
+        write_phantoms(tmp_path / "x", cases=1, in_plane=(32, 32), slices=(4, 4), fov=(60.0, 90.0))
+    assert not (tmp_path / "x").exists()
