@@ -38,6 +38,8 @@ class ModelConfig:
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
     encoder_weights: str | None = None  # path to a local encoder state dict; nothing is downloaded
+    # Initial foreground probability of the head (bias = logit(p)); None = smp's zero bias (p = 0.5).
+    foreground_prior: float | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ encoder state dict can be loaded instead.
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ def build_model(
     in_channels: int = 1,
     classes: int = 1,
     encoder_weights: str | None = None,
+    foreground_prior: float | None = None,
 ) -> nn.Module:
     """Build an smp encoder-decoder that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
 
@@ -43,6 +45,10 @@ def build_model(
         encoder_weights: None for random initialisation, or the path of a local encoder state dict (raw, or
             under a ``state_dict``/``model`` key); 3-channel first-conv kernels are adapted to
             ``in_channels`` (summed for 1 channel, as smp does for its own weights).
+        foreground_prior: None keeps the head's zero bias (probability 0.5 everywhere at the start); p in
+            (0, 1) sets the bias to logit(p), so training starts at the foreground share instead of first
+            pushing every pixel to background (the prior initialisation of Lin et al., 2017, for
+            imbalanced targets).
 
     Raises:
         UserError: Unknown architecture or encoder, ``decoder_channels`` of the wrong length, or an encoder
@@ -66,6 +72,11 @@ def build_model(
     )
     if encoder_weights is not None:
         load_encoder_weights(model.encoder, Path(encoder_weights))
+    if foreground_prior is not None:
+        if not 0.0 < foreground_prior < 1.0:
+            raise UserError(f"model.foreground_prior: must be in (0, 1), got {foreground_prior}")
+        head = model.segmentation_head[0]  # the final convolution: logits
+        nn.init.constant_(head.bias, math.log(foreground_prior / (1.0 - foreground_prior)))
     return model
 
 

@@ -90,8 +90,13 @@ class SegmentationStep:
         self.amp_dtype, self.dist = amp_dtype, dist
         self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
 
-    def expand(self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> Batch:
-        """Dataset-level flip/rotation (same for image and masks), then the five views when enabled."""
+    def expand(
+        self, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor, views: bool = True
+    ) -> Batch:
+        """Dataset-level flip/rotation (same for image and masks), then the five views when enabled.
+
+        ``views=False`` skips the views (warm-up trains on the augmented slices themselves).
+        """
         images, (labels, reference) = random_flip_rotate(
             images,
             (labels, reference),
@@ -99,7 +104,7 @@ class SegmentationStep:
             max_degrees=self.data.rotation_degrees,
             flip_prob=self.data.flip_prob,
         )
-        if not self.method.uses_views:
+        if not (views and self.method.uses_views):
             return Batch(images, labels, reference, None)
         images, (labels, reference), views = make_views(
             images, (labels, reference), self.generator, zoom_pads=self.method.views.zoom_pads

@@ -64,7 +64,7 @@ class SegmentationRun:
         self.train_set = load_slices(prepared, "train", label_key, self.device)
         self.meta_set = load_slices(prepared, "meta", "mask", self.device)
         self.meta_volumes = load_volumes(prepared, "meta", self.device)
-        _check_zoom_pads(cfg, self.train_set.images.shape[-1])
+        check_zoom_pads(cfg, self.train_set.images.shape[-1])
         _check_normalizer(cfg)
         model = self._build_model()
         dist.broadcast_module(model)
@@ -104,6 +104,7 @@ class SegmentationRun:
             encoder_depth=self.cfg.model.encoder_depth,
             decoder_channels=self.cfg.model.decoder_channels,
             encoder_weights=self.cfg.model.encoder_weights,
+            foreground_prior=self.cfg.model.foreground_prior,
         ).to(self.device)
         if self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -124,8 +125,12 @@ class SegmentationRun:
         started = time.perf_counter()
         with EpochProgress(f"epoch {self.epoch + 1}/{cfg.train.epochs}", num_steps) as progress:
             for index in range(num_steps):
-                batch = step.expand(*self.train_set.batch(dist.shard(self.train_stream.next())))
-                meta = step.expand(*self.meta_set.batch(dist.shard(self.meta_stream.next())))
+                batch = self.train_set.batch(dist.shard(self.train_stream.next()))
+                meta = self.meta_set.batch(dist.shard(self.meta_stream.next()))
+                batch, meta = (
+                    step.expand(*batch, views=meta_weighting),
+                    step.expand(*meta, views=meta_weighting),
+                )
                 for name, value in step(batch, meta, meta_weighting).items():
                     totals[name] = totals[name] + value if name in totals else value
                 self.global_step += 1
@@ -222,8 +227,8 @@ def slice_stream(
     return MixedIndexStream(foreground, len(slices), batch_size, count, groups, generator)
 
 
-def _check_zoom_pads(cfg: SegConfig, size: int) -> None:
-    """Fail before training when the zoom pads do not fit the prepared slice size."""
+def check_zoom_pads(cfg: SegConfig, size: int) -> None:
+    """UserError when the zoom pads of an MLB-Seg config do not fit ``size``×``size`` slices."""
     pads = set(cfg.method.views.zoom_pads)
     if cfg.method.uses_views and (len(pads) < 2 or 2 * max(pads) >= size):
         raise UserError(

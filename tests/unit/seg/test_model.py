@@ -70,3 +70,21 @@ def test_bad_weight_files_name_the_file(tmp_path):
 def test_timm_encoder_names_are_checked_with_timm():
     with pytest.raises(UserError, match="tu-not_a_model"):
         build_model(encoder="tu-not_a_model")
+
+
+def test_foreground_prior_starts_the_head_at_that_probability():
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        plain = build_model(**SMALL).eval()(images).sigmoid().mean()
+        torch.manual_seed(0)
+        model = build_model(foreground_prior=0.03, **SMALL).eval()
+        primed = model(images).sigmoid().mean()
+    assert torch.sigmoid(model.segmentation_head[0].bias).item() == pytest.approx(0.03)
+    assert primed < 0.1 < plain  # smp's zero bias starts near 0.5 (0.38 here)
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.0, -0.1])
+def test_foreground_prior_outside_0_1_is_refused(prior):
+    with pytest.raises(UserError, match=r"model\.foreground_prior: must be in"):
+        build_model(foreground_prior=prior, **SMALL)
