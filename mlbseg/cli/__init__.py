@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mlbseg import __version__
-from mlbseg.cli import classify, data, evaluate, figure, predict, repeat, train
+from mlbseg.cli import classify, data, demo, evaluate, figure, predict, repeat, train
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
@@ -38,7 +38,15 @@ def _root(
     """Learn medical-image segmentation from noisy labels (MLB-Seg / L2B)."""
 
 
-for _command in (data.synth, data.prepare, train.train, evaluate.evaluate, repeat.repeat, predict.predict):
+for _command in (
+    data.synth,
+    data.prepare,
+    train.train,
+    evaluate.evaluate,
+    repeat.repeat,
+    predict.predict,
+    demo.demo,
+):
     app.command()(reports_user_errors(_command))
 app.add_typer(classify.app, name="classify")
 app.add_typer(figure.app, name="figure")

@@ -8,7 +8,8 @@ from mlbseg.errors import UserError
 from mlbseg.seg.config import SegConfig
 
 CONFIG_DIR = Path(__file__).parents[2] / "configs"
-SEG_CONFIGS = sorted((CONFIG_DIR / "seg").rglob("*.yaml"))
+DEMO_CONFIG = Path(__file__).parents[2] / "mlbseg" / "demo.yaml"  # packaged: `mlbseg demo` reads it
+SEG_CONFIGS = [*sorted((CONFIG_DIR / "seg").rglob("*.yaml")), DEMO_CONFIG]
 
 
 def test_seg_config_dir_is_not_empty():

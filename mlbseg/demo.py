@@ -1,0 +1,290 @@
+"""``mlbseg demo``: the whole path on built-in phantoms in one command (README "Results").
+
+synth → prepare → train the baseline and MLB-Seg at L1 → evaluate → figures → the Dice table, all in
+``OUT``::
+
+    OUT/demo.json                 the demo's data options (a rerun must match them)
+    OUT/raw/                      phantoms, PROMISE12 layout (``mlbseg synth``)
+    OUT/split.yaml, OUT/prepared/ the case split and the prepared dataset (``mlbseg prepare``)
+    OUT/<method>-L1-seed<k>/      one run folder per method and seed (``mlbseg train`` + ``evaluate``)
+    OUT/figures/                  overlay_<method>.png (Figure 5), weights.png (α/β), curves.png
+    OUT/table.{md,csv,json}       Dice and HD95, mean ± std over the seeds, in ``mlbseg repeat``'s format
+
+The training settings are ``mlbseg/demo.yaml`` (each run folder keeps its resolved ``config.yaml``);
+``overrides`` (``--set``) change them for every run. Each stage skips what an earlier call completed:
+folders are written atomically, finished runs are reused and interrupted ones resume from their last
+epoch, so an interrupted demo continues where it stopped.
+
+The phantoms use a prostate-centred 90–110 mm field of view, so at 64×64 the gland is large enough for a
+short CPU run to learn it; everything else is the PROMISE12 path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from mlbseg.errors import UserError
+
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+METHODS = ("baseline", "mlbseg")
+NOISE = "L1"
+SETTINGS_NAME = "demo.json"
+OWN_KEYS = {
+    "data.prepared": "OUT/prepared",
+    "data.noise": NOISE,
+    "method.name": "baseline and mlbseg",
+    "train.seed": "use --seeds",
+}
+
+
+@dataclass(frozen=True)
+class DemoData:
+    """What the phantoms and the prepared dataset are made from (``OUT/demo.json``)."""
+
+    cases: int = 24
+    size: int = 64  # prepared slice size
+    fov_mm: tuple[float, float] = (90.0, 110.0)
+    in_plane: tuple[int, int] = (256, 320)
+    seed: int = 0  # phantoms, split and noisy masks; the training seeds are separate
+
+    def split(self) -> dict[str, list[str]]:
+        """Cases 2/3 train, 1/12 meta (clean), 1/4 test, at least one each: 16/2/6 of 24.
+
+        Example:
+            >>> {name: len(ids) for name, ids in DemoData(cases=8).split().items()}
+            {'train': 5, 'meta': 1, 'test': 2}
+        """
+        from mlbseg.prep.synth import case_ids
+
+        if self.cases < 3:
+            raise UserError(f"--cases {self.cases}: the demo needs at least 3 (train, meta, test)")
+        ids = case_ids(self.cases)
+        meta, test = max(1, round(self.cases / 12)), max(1, round(self.cases / 4))
+        train = self.cases - meta - test
+        return {"train": ids[:train], "meta": ids[train : train + meta], "test": ids[train + meta :]}
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's folder, its table rows (as in ``table.json``) and the files it drew."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    figures: list[Path]
+    seconds: float
+
+
+def run_demo(
+    out: Path,
+    *,
+    seeds: Sequence[int] = (0,),
+    data: DemoData | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    jobs: int = 1,
+    console: Console | None = None,
+) -> DemoResult:
+    """Run (or continue) the demo in ``out``; see the module docstring.
+
+    Args:
+        out: The demo folder; created, continued, or (``overwrite``) replaced if it is a demo folder.
+        seeds: Training seeds; one baseline and one MLB-Seg run each.
+        data: Phantom and preparation options (default: :class:`DemoData`).
+        overrides: ``--set key=value`` items for every run's config.
+        overwrite: Start afresh, removing an earlier demo in ``out``.
+        jobs: Worker processes for synth and prepare.
+        console: Where progress goes.
+
+    Raises:
+        UserError: ``out`` is not a demo folder or was made with other data options; a bad override.
+    """
+    from mlbseg.repeat import plan
+    from mlbseg.repeat.tasks import get_task
+
+    console = console or Console()
+    data = data or DemoData()
+    task = get_task("seg")
+    started = time.perf_counter()
+    overrides = _run_overrides(out, data, seeds, overrides, task)  # every config checked before any write
+    _claim(out, data, overwrite)
+    stage = _Stages(console, 3 + len(seeds) * len(METHODS))
+
+    stage.begin(f"{out / 'raw'}: {data.cases} phantoms")
+    _synth(out, data, jobs)
+    stage.begin(f"{out / 'prepared'}: {data.size}×{data.size} slices, L1–L3 noisy masks")
+    _prepare(out, data, jobs)
+
+    records = []  # the plan refuses a run folder that holds a different run
+    for spec in plan.plan_runs(task, DEMO_CONFIG, seeds, [NOISE], METHODS, overrides, out):
+        stage.begin(f"{spec.run_dir}: {_label(spec.method)}, train and evaluate")
+        records.append(_train_and_evaluate(task, spec, console))
+
+    stage.begin(f"{out / 'figures'}: overlays, α/β maps, curves")
+    first = seeds[0]
+    figures = _figures(out, {method: out / f"{method}-{NOISE}-seed{first}" for method in METHODS})
+    rows = _table(out, task, records, console)
+    seconds = time.perf_counter() - started
+    console.print(f"demo finished in {seconds / 60:.1f} min; table: {out / 'table.md'}")
+    return DemoResult(out, rows, figures, seconds)
+
+
+class _Stages:
+    """Numbered stage headers: ``[3/7] ...``."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console, self.total, self.done = console, total, 0
+
+    def begin(self, text: str) -> None:
+        self.done += 1
+        self.console.rule(escape(f"[{self.done}/{self.total}] {text}"), align="left")
+
+
+def _label(method: str) -> str:
+    return {"baseline": "baseline (noisy labels)", "mlbseg": "MLB-Seg"}[method]
+
+
+def _run_overrides(
+    out: Path, data: DemoData, seeds: Sequence[int], overrides: Sequence[str], task: Any
+) -> list[str]:
+    """The user's ``--set`` items plus the demo's data folder, validated for every run of the demo."""
+    from mlbseg.seg.trainer import check_zoom_pads
+
+    if not seeds:
+        raise UserError("--seeds: give at least one seed")
+    data.split()  # enough cases
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in OWN_KEYS:
+            raise UserError(f"--set {item!r}: the demo sets {key} itself ({OWN_KEYS[key]})")
+    items = [*overrides, f"data.prepared={(out / 'prepared').absolute()}"]
+    for seed in seeds:
+        for method in METHODS:
+            axes = [f"data.noise={NOISE}", f"method.name={method}", f"train.seed={seed}"]
+            check_zoom_pads(task.load(DEMO_CONFIG, [*items, *axes]), data.size)
+    return items
+
+
+def _claim(out: Path, data: DemoData, overwrite: bool) -> None:
+    """Make ``out`` this demo's folder: new, an earlier demo with the same data options, or replaced."""
+    settings = out / SETTINGS_NAME
+    wanted = json.loads(json.dumps(asdict(data)))  # tuples as lists, as read back
+    if out.exists():
+        if not settings.is_file():
+            if out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+            else:
+                raise UserError(
+                    f"{out}: exists and is not a demo folder (no {SETTINGS_NAME}); choose another --out"
+                )
+        elif overwrite:
+            shutil.rmtree(out)
+        else:
+            try:
+                earlier = json.loads(settings.read_text())
+            except (OSError, ValueError):
+                earlier = None
+            if earlier != wanted:
+                raise UserError(
+                    f"{settings}: this demo folder was made with other options ({earlier}); "
+                    "pass --overwrite to start afresh or choose another --out"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
+def _synth(out: Path, data: DemoData, jobs: int) -> None:
+    from mlbseg.prep.synth import write_phantoms
+
+    if (out / "raw").is_dir():  # written atomically: present means complete
+        return
+    write_phantoms(
+        out / "raw", cases=data.cases, seed=data.seed, in_plane=data.in_plane, fov=data.fov_mm, jobs=jobs
+    )
+
+
+def _prepare(out: Path, data: DemoData, jobs: int) -> None:
+    from mlbseg.prep.prepare import prepare_dataset
+
+    split_file = out / "split.yaml"
+    split_file.write_text(yaml.safe_dump(data.split(), default_flow_style=None))
+    if (out / "prepared").is_dir():  # written atomically: present means complete
+        return
+    prepare_dataset(
+        out / "raw", out / "prepared", size=data.size, split=str(split_file), seed=data.seed, jobs=jobs
+    )
+
+
+def _train_and_evaluate(task: Any, spec: Any, console: Console) -> Any:
+    """Train (or continue, or reuse) one planned run and evaluate it; return its table record."""
+    from mlbseg.repeat import plan
+    from mlbseg.repeat.table import FINISHED, SKIPPED, RunRecord
+
+    run_dir, started = spec.run_dir, time.perf_counter()
+    if spec.state == plan.FRESH and run_dir.exists():
+        shutil.rmtree(run_dir)  # an attempt stopped before its first checkpoint: nothing to keep
+    if spec.state in (plan.FRESH, plan.RESUME):
+        task.train(task.load(DEMO_CONFIG, spec.overrides), run_dir, spec.state == plan.RESUME)
+    if spec.state == plan.FINISHED:
+        console.print(escape(f"finished earlier; reusing {run_dir / plan.SUMMARY_NAME}"))
+        summary = json.loads((run_dir / plan.SUMMARY_NAME).read_text())
+    else:
+        summary = task.evaluate(run_dir)
+    dice = summary["mean"]["dice"]
+    cases = len(summary["cases"])
+    console.print(f"test Dice {100 * dice['mean']:.2f} ± {100 * dice['std']:.2f} % over {cases} cases")
+    finished_earlier = spec.state == plan.FINISHED
+    seconds = None if finished_earlier else time.perf_counter() - started
+    return RunRecord(
+        spec.method,
+        spec.noise,
+        spec.seed,
+        spec.name,
+        SKIPPED if finished_earlier else FINISHED,
+        task.values(summary),
+        run_dir,  # the demo's runs print to the terminal; the record points at the run folder
+        seconds,
+    )
+
+
+def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
+    """Figure-5 overlays of both methods on one training case, MLB-Seg's α/β maps, both runs' curves."""
+    from mlbseg.figures.curves import curves_figure, read_metrics_csv
+    from mlbseg.figures.weights import weight_map_figure
+    from mlbseg.seg.data import split_cases
+    from mlbseg.seg.predict import write_overlays
+    from mlbseg.seg.weight_maps import weight_map_rows
+
+    folder = out / "figures"
+    case = split_cases(out / "prepared", "train")[0]
+    paths = []
+    for method, run_dir in runs.items():
+        target = folder / f"overlay_{method}.png"
+        paths += write_overlays(run_dir, cases=[case], slices=[], split="train", out=target, overwrite=True)
+    rows = weight_map_rows(runs["mlbseg"], checkpoint="last", count=4, seed=0)
+    paths.append(weight_map_figure(rows, folder / "weights.png", overwrite=True))
+    metrics = {_label(method): read_metrics_csv(run_dir / "metrics.csv") for method, run_dir in runs.items()}
+    chosen = ["train_dice_reference", "val_dice"]  # the losses of the two methods are not comparable
+    paths.append(curves_figure(metrics, folder / "curves.png", chosen, overwrite=True))
+    return paths
+
+
+def _table(out: Path, task: Any, records: list[Any], console: Console) -> list[dict[str, Any]]:
+    """Write ``OUT/table.{md,csv,json}`` in the repeat format and print the table."""
+    from mlbseg.repeat.table import aggregate, rich_table, write_tables
+
+    rows = aggregate(task, records)
+    seeds = sorted({record.seed for record in records})
+    title = f"mlbseg demo in {out}: {NOISE} noise, seeds {', '.join(map(str, seeds))}"
+    write_tables(out, task, rows, records, title)
+    console.print(rich_table(task, rows, title))
+    return rows
