@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from mlbseg.cli.data import CORES
 
 
 def demo(
@@ -20,7 +19,7 @@ def demo(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a training key of both runs, e.g. --set train.device=cuda (repeatable)."
     ),
-    jobs: int = typer.Option(min(_CORES, 4), "--jobs", min=1, help="Worker processes for synth and prepare."),
+    jobs: int = typer.Option(min(CORES, 4), "--jobs", min=1, help="Worker processes for synth and prepare."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Start afresh, removing an earlier demo in OUT."
     ),
@@ -29,7 +28,7 @@ def demo(
 
     Writes OUT/figures/ (Figure-5 overlays, α/β maps, curves) and OUT/table.md, table.csv, table.json
     (test Dice and HD95, mean ± std over the seeds, as `mlbseg repeat`). A rerun continues where an
-    interrupted one stopped. About 5–6 minutes per seed on a 2-core CPU.
+    interrupted one stopped. About 7 minutes for one seed on a 2-core CPU.
     """
     from mlbseg.demo import DemoData, run_demo
     from mlbseg.repeat import parse_seeds
