@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.errors import UserError
 
 T = TypeVar("T")
@@ -53,7 +54,7 @@ def load_config(schema: type[T], path: str | Path | None, overrides: Sequence[st
 def save_config(config: Any, path: str | Path) -> None:
     """Write ``config`` as YAML that :func:`load_config` reads back to an equal object."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
-    Path(path).write_text(text)
+    write_text_atomic(path, text)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from mlbseg.cls.config import ClsConfig, dataset_kwargs
-from mlbseg.cls.step import write_atomic
+from mlbseg.engine.atomic import write_atomic
 from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import amp_dtype_for, resolve_device
 from mlbseg.errors import UserError

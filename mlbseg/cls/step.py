@@ -14,12 +14,9 @@ Everything stays on the training device; nothing here reads a value back to the 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlbseg.cls.config import MethodConfig
+from mlbseg.engine.atomic import write_atomic
 from mlbseg.engine.optim import apply_update, autocast_to
 from mlbseg.engine.seeding import make_generator
 from mlbseg.meta import bootstrap_weights
@@ -251,16 +249,3 @@ class WeightLog:
             "beta": beta,
         }
         write_atomic(path, lambda file: np.savez(file, **arrays))
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Call ``write`` on a temporary sibling of ``path``, then rename it into place (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from mlbseg.cls.config import ClsConfig, check_config, dataset_kwargs
 from mlbseg.cls.data import ClassificationData
 from mlbseg.cls.evaluate import eval_loader, evaluate_accuracy
-from mlbseg.cls.step import ClassificationStep, EpochMeter, WeightLog, write_atomic
+from mlbseg.cls.step import ClassificationStep, EpochMeter, WeightLog
+from mlbseg.engine.atomic import write_atomic
 from mlbseg.engine.fit import fit
 from mlbseg.engine.logbook import Logbook
 from mlbseg.engine.optim import build_optimizer, build_scheduler

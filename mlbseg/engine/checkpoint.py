@@ -2,18 +2,18 @@
 
 A checkpoint is a plain dict (model, optimizer, scheduler, EMA teacher, generator and stream states, epoch,
 metric history, the resolved config) written with ``torch.save`` to a temporary sibling and renamed over
-the target, so the previous checkpoint stays valid until the new one is complete.
+the target (:mod:`mlbseg.engine.atomic`), so the previous checkpoint stays valid until the new one is
+complete.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from mlbseg.engine.atomic import atomic_file
 from mlbseg.errors import UserError
 
 ConfigT = TypeVar("ConfigT")
@@ -21,18 +21,8 @@ ConfigT = TypeVar("ConfigT")
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as file:
+        torch.save(state, file)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

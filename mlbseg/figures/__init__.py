@@ -10,13 +10,12 @@ fixed size in inches with constrained layout, and an atomic PNG save (pixel size
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mlbseg.engine.atomic import atomic_file
 from mlbseg.errors import UserError
 
 DPI = 300
@@ -38,13 +37,6 @@ def save_png(figure: Figure, out_path: str | Path, dpi: int = DPI, *, overwrite:
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
         raise UserError(f"{out_path}: already exists; pass --overwrite to replace it")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staged = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")  # same folder: rename is atomic
-    try:
-        with staged.open("xb") as stream:  # default permissions, unlike mkstemp's 0600
-            figure.savefig(stream, format="png", dpi=dpi)
-        os.replace(staged, out_path)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+    with atomic_file(out_path) as stream:
+        figure.savefig(stream, format="png", dpi=dpi)
     return out_path

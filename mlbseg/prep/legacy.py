@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlbseg.engine.atomic import atomic_folder
 from mlbseg.errors import UserError
-from mlbseg.prep.atomic import atomic_folder
 from mlbseg.prep.discovery import MASK_TAG
 from mlbseg.prep.manifest import load_case, load_manifest
 from mlbseg.prep.noise import LEVELS

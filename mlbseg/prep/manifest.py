@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.errors import UserError
 
 FORMAT_VERSION = 1
@@ -75,7 +76,7 @@ def load_case(prepared: str | Path, case_id: str) -> dict[str, np.ndarray]:
 def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> None:
     """Write ``manifest.json`` (keys in insertion order, indented, trailing newline)."""
     text = json.dumps(manifest, indent=1, ensure_ascii=False)
-    (Path(folder) / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    write_text_atomic(Path(folder) / MANIFEST, text + "\n")
 
 
 def load_manifest(prepared: str | Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Steps: discover cases (:mod:`~mlbseg.prep.discovery`), split them (:mod:`~mlbseg
 every case in parallel (:mod:`~mlbseg.prep.convert`), calibrate the L1–L3 noise strengths on the train
 masks (:mod:`~mlbseg.prep.calibrate`), add the noisy masks to the train cases in parallel, and write the
 manifest (:mod:`~mlbseg.prep.manifest`). All of it happens in a temporary sibling of PREPARED that is
-renamed into place at the end (:mod:`~mlbseg.prep.atomic`): after an error nothing is left behind.
+renamed into place at the end (:mod:`~mlbseg.engine.atomic`): after an error nothing is left behind.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 from rich.console import Console
 
 from mlbseg import __version__
+from mlbseg.engine.atomic import atomic_folder, check_target
 from mlbseg.errors import UserError
-from mlbseg.prep.atomic import atomic_folder, check_target
 from mlbseg.prep.calibrate import calibrate_levels
 from mlbseg.prep.convert import ConvertOptions, add_noisy_masks, convert_case
 from mlbseg.prep.discovery import MSD, discover_cases

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlbseg.engine.atomic import atomic_folder
 from mlbseg.errors import UserError
-from mlbseg.prep.atomic import atomic_folder
 from mlbseg.prep.discovery import MASK_TAG
 from mlbseg.prep.phantom import FIELD_OF_VIEW_MM, make_phantom
 from mlbseg.prep.tasks import run_tasks

@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.repeat.tasks import Metric, RepeatTask
 
 STD_NOTE = "std = sample standard deviation over seeds (ddof = 1); per-run value = mean over test volumes"
@@ -134,9 +134,7 @@ def write_tables(
     paths = []
     for name, text in texts.items():
         path = out / name
-        staged = out / f".{name}.tmp"
-        staged.write_text(text)
-        os.replace(staged, path)
+        write_text_atomic(path, text)
         paths.append(path)
     return paths
 

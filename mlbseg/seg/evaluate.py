@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
@@ -77,6 +77,4 @@ def _json_number(value: float) -> float | None:
 
 
 def _write_json(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
