@@ -12,8 +12,11 @@ synth → prepare → train the baseline and MLB-Seg at L1 → evaluate → figu
 
 The training settings are ``mlbseg/demo.yaml`` (each run folder keeps its resolved ``config.yaml``);
 ``overrides`` (``--set``) change them for every run. Each stage skips what an earlier call completed:
-folders are written atomically, finished runs are reused and interrupted ones resume from their last
-epoch, so an interrupted demo continues where it stopped.
+folders and files are written atomically, finished runs are reused and interrupted ones resume from their
+last epoch, so an interrupted demo (SIGINT/SIGTERM stop the stage in progress) continues where it stopped.
+``overwrite`` builds the new demo where the earlier one stood (its run configs and tables name ``OUT``)
+while the earlier one waits in a hidden sibling: it is deleted once the new demo is complete and put back
+if the new one fails or is interrupted.
 
 The phantoms use a prostate-centred 90–110 mm field of view, so at 64×64 the gland is large enough for a
 short CPU run to learn it; everything else is the PROMISE12 path.
@@ -22,9 +25,12 @@ short CPU run to learn it; everything else is the PROMISE12 path.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +39,26 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from mlbseg.engine.atomic import write_text_atomic
+from mlbseg.engine.signals import RESTART, Interrupted
 from mlbseg.errors import UserError
+from mlbseg.figures.curves import curves_figure, read_metrics_csv
+from mlbseg.figures.weights import weight_map_figure
+from mlbseg.prep.prepare import prepare_dataset
+from mlbseg.prep.synth import case_ids, write_phantoms
+from mlbseg.repeat import plan
+from mlbseg.repeat.table import FINISHED, SKIPPED, RunRecord, aggregate, rich_table, write_tables
+from mlbseg.repeat.tasks import get_task
+from mlbseg.run_figures import write_overlays
+from mlbseg.seg.config import check_zoom_pads
+from mlbseg.seg.data import split_cases
+from mlbseg.seg.weight_maps import weight_map_rows
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 METHODS = ("baseline", "mlbseg")
 NOISE = "L1"
 SETTINGS_NAME = "demo.json"
+CONTINUE_HINT = f"{RESTART} (finished stages are reused, an interrupted run resumes)"
 OWN_KEYS = {
     "data.prepared": "OUT/prepared",
     "data.noise": NOISE,
@@ -64,8 +84,6 @@ class DemoData:
             >>> {name: len(ids) for name, ids in DemoData(cases=8).split().items()}
             {'train': 5, 'meta': 1, 'test': 2}
         """
-        from mlbseg.prep.synth import case_ids
-
         if self.cases < 3:
             raise UserError(f"--cases {self.cases}: the demo needs at least 3 (train, meta, test)")
         ids = case_ids(self.cases)
@@ -101,24 +119,41 @@ def run_demo(
         seeds: Training seeds; one baseline and one MLB-Seg run each.
         data: Phantom and preparation options (default: :class:`DemoData`).
         overrides: ``--set key=value`` items for every run's config.
-        overwrite: Start afresh, removing an earlier demo in ``out``.
+        overwrite: Start afresh; an earlier demo in ``out`` is replaced once the new one is complete.
         jobs: Worker processes for synth and prepare.
         console: Where progress goes.
 
     Raises:
         UserError: ``out`` is not a demo folder or was made with other data options; a bad override.
     """
-    from mlbseg.repeat import plan
-    from mlbseg.repeat.tasks import get_task
-
     console = console or Console()
     data = data or DemoData()
     task = get_task("seg")
     started = time.perf_counter()
     overrides = _run_overrides(out, data, seeds, overrides, task)  # every config checked before any write
-    _claim(out, data, overwrite)
-    stage = _Stages(console, 3 + len(seeds) * len(METHODS))
+    try:
+        with _claimed(out, data, overwrite, console):
+            rows, figures = _run_stages(out, data, seeds, overrides, jobs, console)
+    except Interrupted as err:
+        if not overwrite:  # a rerun of --overwrite starts afresh again
+            err.hint = CONTINUE_HINT
+        raise
+    seconds = time.perf_counter() - started
+    console.print(f"demo finished in {seconds / 60:.1f} min; table: {out / 'table.md'}")
+    return DemoResult(out, rows, figures, seconds)
 
+
+def _run_stages(
+    out: Path,
+    data: DemoData,
+    seeds: Sequence[int],
+    overrides: Sequence[str],
+    jobs: int,
+    console: Console,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Every stage in the claimed ``out``; return the table rows and the figures."""
+    task = get_task("seg")
+    stage = _Stages(console, 3 + len(seeds) * len(METHODS))
     stage.begin(f"{out / 'raw'}: {data.cases} phantoms")
     _synth(out, data, jobs)
     stage.begin(f"{out / 'prepared'}: {data.size}×{data.size} slices, L1–L3 noisy masks")
@@ -132,10 +167,7 @@ def run_demo(
     stage.begin(f"{out / 'figures'}: overlays, α/β maps, curves")
     first = seeds[0]
     figures = _figures(out, {method: out / f"{method}-{NOISE}-seed{first}" for method in METHODS})
-    rows = _table(out, task, records, console)
-    seconds = time.perf_counter() - started
-    console.print(f"demo finished in {seconds / 60:.1f} min; table: {out / 'table.md'}")
-    return DemoResult(out, rows, figures, seconds)
+    return _table(out, task, records, console), figures
 
 
 class _Stages:
@@ -157,8 +189,6 @@ def _run_overrides(
     out: Path, data: DemoData, seeds: Sequence[int], overrides: Sequence[str], task: Any
 ) -> list[str]:
     """The user's ``--set`` items plus the demo's data folder, validated for every run of the demo."""
-    from mlbseg.seg.trainer import check_zoom_pads
-
     if not seeds:
         raise UserError("--seeds: give at least one seed")
     data.split()  # enough cases
@@ -174,36 +204,75 @@ def _run_overrides(
     return items
 
 
-def _claim(out: Path, data: DemoData, overwrite: bool) -> None:
-    """Make ``out`` this demo's folder: new, an earlier demo with the same data options, or replaced."""
-    settings = out / SETTINGS_NAME
-    wanted = json.loads(json.dumps(asdict(data)))  # tuples as lists, as read back
-    if out.exists():
-        if not settings.is_file():
-            if out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
-            else:
-                raise UserError(
-                    f"{out}: exists and is not a demo folder (no {SETTINGS_NAME}); choose another --out"
-                )
-        elif overwrite:
-            shutil.rmtree(out)
-        else:
-            try:
-                earlier = json.loads(settings.read_text())
-            except (OSError, ValueError):
-                earlier = None
-            if earlier != wanted:
-                raise UserError(
-                    f"{settings}: this demo folder was made with other options ({earlier}); "
-                    "pass --overwrite to start afresh or choose another --out"
-                )
+@contextmanager
+def _claimed(out: Path, data: DemoData, overwrite: bool, console: Console) -> Iterator[None]:
+    """Make ``out`` this demo's folder for the block (with its ``demo.json``).
+
+    ``out`` is new, an earlier demo with the same data options (continued), or, with ``overwrite``, an
+    earlier demo that waits aside until the block succeeds (:func:`_replacing`).
+    """
+    if _earlier_demo(out, data, overwrite):
+        with _replacing(out, console):
+            _write_settings(out, data)
+            yield
+        return
     out.mkdir(parents=True, exist_ok=True)
-    settings.write_text(json.dumps(wanted, indent=2) + "\n")
+    _write_settings(out, data)
+    yield
+
+
+def _settings(data: DemoData) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(data)))  # tuples as lists, as read back
+
+
+def _write_settings(out: Path, data: DemoData) -> None:
+    write_text_atomic(out / SETTINGS_NAME, json.dumps(_settings(data), indent=2) + "\n")
+
+
+def _earlier_demo(out: Path, data: DemoData, overwrite: bool) -> bool:
+    """Whether ``out`` holds a demo that ``overwrite`` replaces; UserError if ``out`` may not be used."""
+    settings = out / SETTINGS_NAME
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    if not settings.is_file():
+        raise UserError(f"{out}: exists and is not a demo folder (no {SETTINGS_NAME}); choose another --out")
+    if overwrite:
+        return True
+    try:
+        earlier = json.loads(settings.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if earlier != _settings(data):
+        raise UserError(
+            f"{settings}: this demo folder was made with other options ({earlier}); "
+            "pass --overwrite to start afresh or choose another --out"
+        )
+    return False
+
+
+@contextmanager
+def _replacing(out: Path, console: Console) -> Iterator[None]:
+    """Move the demo in ``out`` aside and give the block an empty ``out``.
+
+    The old demo is deleted once the block succeeds, or put back in place of the new one's remains if the
+    block fails (SIGINT/SIGTERM included): the runs' configs and the tables name ``out`` itself, so the
+    new demo cannot be built in a staging folder and renamed.
+    """
+    aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rename(out, aside / out.name)
+    console.print(escape(f"the earlier demo waits in {aside / out.name} until the new one is complete"))
+    try:
+        out.mkdir()
+        yield
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        os.rename(aside / out.name, out)
+        aside.rmdir()
+        raise
+    shutil.rmtree(aside)
 
 
 def _synth(out: Path, data: DemoData, jobs: int) -> None:
-    from mlbseg.prep.synth import write_phantoms
 
     if (out / "raw").is_dir():  # written atomically: present means complete
         return
@@ -213,10 +282,9 @@ def _synth(out: Path, data: DemoData, jobs: int) -> None:
 
 
 def _prepare(out: Path, data: DemoData, jobs: int) -> None:
-    from mlbseg.prep.prepare import prepare_dataset
 
     split_file = out / "split.yaml"
-    split_file.write_text(yaml.safe_dump(data.split(), default_flow_style=None))
+    write_text_atomic(split_file, yaml.safe_dump(data.split(), default_flow_style=None))
     if (out / "prepared").is_dir():  # written atomically: present means complete
         return
     prepare_dataset(
@@ -226,9 +294,6 @@ def _prepare(out: Path, data: DemoData, jobs: int) -> None:
 
 def _train_and_evaluate(task: Any, spec: Any, console: Console) -> Any:
     """Train (or continue, or reuse) one planned run and evaluate it; return its table record."""
-    from mlbseg.repeat import plan
-    from mlbseg.repeat.table import FINISHED, SKIPPED, RunRecord
-
     run_dir, started = spec.run_dir, time.perf_counter()
     if spec.state == plan.FRESH and run_dir.exists():
         shutil.rmtree(run_dir)  # an attempt stopped before its first checkpoint: nothing to keep
@@ -258,12 +323,6 @@ def _train_and_evaluate(task: Any, spec: Any, console: Console) -> Any:
 
 def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
     """Figure-5 overlays of both methods on one training case, MLB-Seg's α/β maps, both runs' curves."""
-    from mlbseg.figures.curves import curves_figure, read_metrics_csv
-    from mlbseg.figures.weights import weight_map_figure
-    from mlbseg.seg.data import split_cases
-    from mlbseg.seg.predict import write_overlays
-    from mlbseg.seg.weight_maps import weight_map_rows
-
     folder = out / "figures"
     case = split_cases(out / "prepared", "train")[0]
     paths = []
@@ -280,8 +339,6 @@ def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
 
 def _table(out: Path, task: Any, records: list[Any], console: Console) -> list[dict[str, Any]]:
     """Write ``OUT/table.{md,csv,json}`` in the repeat format and print the table."""
-    from mlbseg.repeat.table import aggregate, rich_table, write_tables
-
     rows = aggregate(task, records)
     seeds = sorted({record.seed for record in records})
     title = f"mlbseg demo in {out}: {NOISE} noise, seeds {', '.join(map(str, seeds))}"

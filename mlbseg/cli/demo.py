@@ -21,14 +21,16 @@ def demo(
     ),
     jobs: int = typer.Option(min(CORES, 4), "--jobs", min=1, help="Worker processes for synth and prepare."),
     overwrite: bool = typer.Option(
-        False, "--overwrite", help="Start afresh, removing an earlier demo in OUT."
+        False,
+        "--overwrite",
+        help="Start afresh; an earlier demo in OUT is kept until the new one is complete, then replaced.",
     ),
 ) -> None:
     """The whole path on built-in phantoms: train the baseline and MLB-Seg at L1 noise, then compare.
 
     Writes OUT/figures/ (Figure-5 overlays, α/β maps, curves) and OUT/table.md, table.csv, table.json
     (test Dice and HD95, mean ± std over the seeds, as `mlbseg repeat`). A rerun continues where an
-    interrupted one stopped. About 7 minutes for one seed on a 2-core CPU.
+    interrupted one (Ctrl-C, SIGTERM) stopped. About 7 minutes for one seed on a 2-core CPU.
     """
     from mlbseg.demo import DemoData, run_demo
     from mlbseg.repeat import parse_seeds

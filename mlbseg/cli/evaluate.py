@@ -15,7 +15,12 @@ def evaluate(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
-    """Per-volume Dice and HD95 on the test cases at original resolution → RUN_DIR/summary.json."""
+    """Per-volume Dice and HD95 on the test cases at original resolution → RUN_DIR/summary.json.
+
+    summary.json is derived (as in nnU-Net): each evaluation replaces it, whichever --checkpoint and
+    --prepared it used, and it records both. `mlbseg repeat` and `mlbseg demo` count a run as finished
+    only with a summary of the final checkpoint and evaluate it again otherwise.
+    """
     from rich.console import Console
     from rich.table import Table
 

@@ -33,6 +33,8 @@ def repeat(
 
     Writes OUT/<method>-<noise>-seed<k>/ (with log.txt) per run and OUT/table.md, table.csv, table.json:
     mean ± sample std over seeds of each run's mean test Dice (%) and HD95 (mm). Exits 1 if a run failed.
+    Ctrl-C or SIGTERM stops every run's process (exit 130/143); the same command then continues. A run
+    that another process is still training (its RUN_DIR/.lock is held) stops the command before it starts.
     """
     from rich.console import Console
 

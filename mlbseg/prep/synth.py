@@ -15,7 +15,7 @@ from mlbseg.engine.atomic import atomic_folder
 from mlbseg.errors import UserError
 from mlbseg.prep.discovery import MASK_TAG
 from mlbseg.prep.phantom import FIELD_OF_VIEW_MM, make_phantom
-from mlbseg.prep.tasks import run_tasks
+from mlbseg.prep.pool import run_tasks
 from mlbseg.prep.volumes import write_volume
 
 MIN_IN_PLANE, MIN_SLICES = 32, 4

@@ -3,18 +3,20 @@
 :func:`repeat` validates everything first (:func:`~mlbseg.repeat.plan.plan_runs`), skips finished runs,
 resumes interrupted ones, runs the rest as worker processes (:mod:`~mlbseg.repeat.scheduler`,
 :mod:`~mlbseg.repeat.worker`) and writes the table of what finished (:mod:`~mlbseg.repeat.table`). A lock
-file keeps a second ``mlbseg repeat`` out of the same folder while one is running.
+(``OUT/.lock``, :mod:`mlbseg.engine.lock`) keeps a second ``mlbseg repeat`` out of the same folder while
+one is running. On SIGINT/SIGTERM every worker is stopped before :class:`~mlbseg.engine.signals.Interrupted`
+leaves :func:`repeat`, with a hint that the same command continues: finished runs are skipped, interrupted
+ones resume from their ``last.pt``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,15 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from mlbseg.engine.lock import folder_lock
+from mlbseg.engine.signals import RESTART, Interrupted
 from mlbseg.errors import UserError
 from mlbseg.repeat import plan, scheduler
 from mlbseg.repeat.table import FAILED, FINISHED, SKIPPED, RunRecord, aggregate, write_tables
 from mlbseg.repeat.tasks import RepeatTask, detect_task
+
+RESUME_HINT = f"{RESTART} (finished runs are kept, interrupted ones resume)"
+BUSY = "another `mlbseg repeat` is running in this folder; wait for it"
 
 
 @dataclass(frozen=True)
@@ -79,34 +86,19 @@ def repeat(
     base = chosen.load(config, overrides)
     out = out or Path("runs") / f"{base.name}-repeat"
     plan.plan_runs(chosen, config, seeds, noises, methods, overrides, out)  # every check, before any write
-    with _locked(out):
-        # Read the run folders' states again under the lock: another repeat may have just finished here.
-        specs = plan.plan_runs(chosen, config, seeds, noises, methods, overrides, out)
-        outcomes = _run_pending(chosen, config, specs, out, jobs, console)
-        records = [_record(chosen, spec, outcomes.get(spec.name)) for spec in specs]
-        rows = aggregate(chosen, records)
-        title = f"{config.name} repeat in {out}: {len(specs)} runs"
-        tables = write_tables(out, chosen, rows, records, title)
-    return RepeatResult(out, chosen, rows, records, tables)
-
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.lock`` exclusively (POSIX ``flock``; no locking elsewhere)."""
-    out.mkdir(parents=True, exist_ok=True)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with (out / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"{out}: another `mlbseg repeat` is running in this folder; wait for it"
-            ) from None
-        yield
+        with folder_lock(out, BUSY):
+            # Read the run folders' states again under the lock: another repeat may have just finished.
+            specs = plan.plan_runs(chosen, config, seeds, noises, methods, overrides, out)
+            outcomes = _run_pending(chosen, config, specs, out, jobs, console)
+            records = [_record(chosen, spec, outcomes.get(spec.name)) for spec in specs]
+            rows = aggregate(chosen, records)
+            title = f"{config.name} repeat in {out}: {len(specs)} runs"
+            tables = write_tables(out, chosen, rows, records, title)
+    except Interrupted as err:  # the scheduler has stopped every worker; their run folders are resumable
+        err.hint = RESUME_HINT
+        raise
+    return RepeatResult(out, chosen, rows, records, tables)
 
 
 def _run_pending(

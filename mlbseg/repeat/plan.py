@@ -4,23 +4,31 @@ Every (method, noise, seed) is one independent run in ``OUT/<method>-<noise>-see
 CONFIG, the user's ``--set`` and three more overrides: ``method.name``, the task's noise key
 (``data.noise`` for segmentation) and ``train.seed``. What exists in the run folder decides what happens:
 
-- ``finished``: ``checkpoints/final.pt`` and ``summary.json`` → skipped;
-- ``evaluate``: ``final.pt`` without ``summary.json`` → evaluated only;
+- ``finished``: ``checkpoints/final.pt`` and a ``summary.json`` of it → skipped;
+- ``evaluate``: ``final.pt`` without a ``summary.json`` of it (none, or one a user made of another
+  checkpoint with ``mlbseg evaluate --checkpoint``, which the evaluation replaces) → evaluated only;
 - ``resume``: ``checkpoints/last.pt`` → trained with ``--resume``, then evaluated;
 - ``fresh``: no checkpoint → trained from the start, then evaluated. The remains of an attempt that died
   before its first checkpoint (config, TensorBoard events, its log) are cleared; the old log is kept.
 
 A run folder that already holds a *different* experiment (its ``config.yaml`` differs) or something that
 is not an mlbseg run is refused before anything starts, so a repeat never mixes or destroys results.
+So is a run that another process is training (its ``.lock`` is held, :mod:`mlbseg.engine.lock`), e.g. by
+a worker that outlived an earlier ``mlbseg repeat`` killed with SIGKILL: the whole command stops with one
+line before any run starts, rather than skipping the run and reporting a table without it. Stop that
+process (or let it finish) and run the same command again.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlbseg.config import to_dict
+from mlbseg.engine.lock import BUSY, LOCK_NAME, is_locked
 from mlbseg.errors import UserError
 from mlbseg.repeat.tasks import RepeatTask
 
@@ -93,8 +101,16 @@ def parse_list(values: Sequence[str], option: str) -> list[str]:
 def run_state(run_dir: Path) -> str:
     """``finished``, ``evaluate``, ``resume`` or ``fresh`` (module docstring)."""
     if (run_dir / FINAL).is_file():
-        return FINISHED if (run_dir / SUMMARY_NAME).is_file() else EVALUATE
+        return FINISHED if _evaluated_checkpoint(run_dir) == "final" else EVALUATE
     return RESUME if (run_dir / LAST).is_file() else FRESH
+
+
+def _evaluated_checkpoint(run_dir: Path) -> Any:
+    """The ``checkpoint`` that the run's ``summary.json`` evaluated; None without a readable one."""
+    try:
+        return json.loads((run_dir / SUMMARY_NAME).read_text()).get("checkpoint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def plan_runs(
@@ -119,7 +135,8 @@ def plan_runs(
 
     Raises:
         UserError: Unknown method or noise, an axis key in ``--set``, a config error of any run, data the
-            runs would need missing, or a run folder holding something else.
+            runs would need missing, a run folder holding something else, or a run another process
+            is training.
     """
     _check_axes(task, seeds, methods, overrides)
     labels = [task.parse_noise(noise) for noise in noises] or [None]
@@ -162,6 +179,8 @@ def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path) -> str:
         return FRESH
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a folder; remove it or choose another --out")
+    if is_locked(run_dir):
+        raise UserError(f"{run_dir}: {BUSY}")
     saved = run_dir / CONFIG_NAME
     if saved.is_file():
         differing = _differing_keys(cfg, task.load(saved, ()))
@@ -170,13 +189,12 @@ def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path) -> str:
                 f"{saved}: this run folder holds a different experiment ({', '.join(differing)} differ); "
                 "choose another --out or remove the folder"
             )
-    elif any(path.is_file() and path.name != LOG_NAME for path in run_dir.rglob("*")):
+    elif any(path.is_file() and path.name not in (LOG_NAME, LOCK_NAME) for path in run_dir.rglob("*")):
         raise UserError(f"{run_dir}: not an mlbseg run folder (no {CONFIG_NAME}); choose another --out")
     return run_state(run_dir)
 
 
 def _differing_keys(given: Any, saved: Any) -> list[str]:
-    from mlbseg.config import to_dict
 
     def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         items: dict[str, Any] = {}

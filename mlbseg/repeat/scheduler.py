@@ -9,6 +9,12 @@ Logs: a process's stdout and stderr go to its log file from the first byte. A fr
 empty when its trainer starts, so its log is written beside the folder first (``OUT/.<run>.log``) and moved
 into ``<run_dir>/log.txt`` as soon as the trainer has claimed the folder (its ``config.yaml`` exists) or the
 process has ended; the open file keeps being written under its new name (POSIX rename semantics).
+
+Stopping: on any exception in :func:`run_jobs` (SIGINT/SIGTERM as
+:class:`~mlbseg.engine.signals.Interrupted` included) every running process gets SIGTERM at once, those
+still alive after ``GRACE_SECONDS`` get SIGKILL, and each is waited for, so none outlives the command;
+their pending logs are moved into place as if they had ended. The processes share the terminal's process
+group, so a Ctrl-C reaches them too; the worker stops on either signal in the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 POLL_SECONDS = 0.2
+GRACE_SECONDS = 5.0  # from SIGTERM to SIGKILL: a worker needs well under a second to stop
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -111,7 +118,7 @@ def run_jobs(
     """Run ``jobs`` in order, ``len(slots)`` at a time; return their outcomes in completion order.
 
     ``report(event, job, outcome)`` is called with ``"start"`` (outcome None) and ``"end"``. On any
-    exception (Ctrl-C included) the running processes are terminated before it propagates.
+    exception (SIGINT and SIGTERM included) the running processes are stopped before it propagates.
     """
     threads = max(1, cpu_count() // max(1, len(slots)))
     queue, free = deque(jobs), deque(range(len(slots)))
@@ -133,8 +140,7 @@ def run_jobs(
                     outcomes.append(outcome)
                     report("end", run.job, outcome)
     finally:
-        for run in running.values():
-            _stop(run)
+        _stop_all(list(running.values()))
     return outcomes
 
 
@@ -176,15 +182,18 @@ def _place_log(job: Job) -> None:
     os.replace(job.pending_log, job.log)
 
 
-def _stop(run: _Running) -> None:
-    """Terminate one of our own processes (SIGTERM, then SIGKILL after 10 s) and close its log."""
-    if run.process.poll() is None:
-        run.process.terminate()
+def _stop_all(runs: Sequence[_Running]) -> None:
+    """Stop our own processes: SIGTERM to all, SIGKILL to those alive after the grace; wait; close logs."""
+    for run in runs:
+        if run.process.poll() is None:
+            run.process.terminate()
+    deadline = time.monotonic() + GRACE_SECONDS
+    for run in runs:
         try:
-            run.process.wait(timeout=10)
+            run.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             run.process.kill()
             run.process.wait()
-    run.stream.close()
-    if not run.placed:
-        _place_log(run.job)
+        run.stream.close()
+        if not run.placed:
+            _place_log(run.job)

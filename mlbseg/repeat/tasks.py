@@ -4,8 +4,7 @@ A :class:`RepeatTask` names the task's config schema, its method names, the conf
 axis sets, the checks to run before any run starts, how one run is trained and evaluated (in the worker
 process), and which numbers of the run's ``summary.json`` go into the table. Segmentation (``seg``, the
 PROMISE12 noise levels L1/L2/L3) and classification (``cls``, noise rates such as 0.2 or 0.4 for
-``data.noise_rate``) are registered here; everything task-specific is imported lazily, inside the
-functions, so ``import mlbseg.repeat`` stays cheap.
+``data.noise_rate``) are registered here.
 """
 
 from __future__ import annotations
@@ -17,7 +16,15 @@ from typing import Any
 
 import yaml
 
+from mlbseg.cls import config as cls_config
+from mlbseg.cls import evaluate as cls_evaluate
+from mlbseg.cls import trainer as cls_trainer
+from mlbseg.config import load_config
 from mlbseg.errors import UserError
+from mlbseg.prep.manifest import load_manifest
+from mlbseg.seg import config as seg_config
+from mlbseg.seg import evaluate as seg_evaluate
+from mlbseg.seg import trainer as seg_trainer
 
 TASK_CHOICES = ("auto", "seg", "cls")
 
@@ -53,23 +60,17 @@ class RepeatTask:
 
 
 def _seg_load(path: Path, overrides: Sequence[str]) -> Any:
-    from mlbseg.config import load_config
-    from mlbseg.seg.config import SegConfig
-
-    return load_config(SegConfig, path, overrides)
+    return load_config(seg_config.SegConfig, path, overrides)
 
 
 def _seg_check(cfg: Any) -> None:
-    from mlbseg.prep.manifest import load_manifest
-
     load_manifest(cfg.data.prepared)  # UserError naming the folder when it is missing or damaged
 
 
 def _seg_noise(value: str) -> str:
-    from mlbseg.seg.config import NOISE_LEVELS
-
-    if value not in NOISE_LEVELS:
-        raise UserError(f"--noise: unknown noise level {value!r}; choose from {', '.join(NOISE_LEVELS)}")
+    if value not in seg_config.NOISE_LEVELS:
+        levels = ", ".join(seg_config.NOISE_LEVELS)
+        raise UserError(f"--noise: unknown noise level {value!r}; choose from {levels}")
     return value
 
 
@@ -79,31 +80,22 @@ def _seg_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def _seg_train(cfg: Any, run_dir: Path, resume: bool) -> Any:
-    from mlbseg.seg.trainer import train
-
-    return train(cfg, run_dir, resume=resume)
+    return seg_trainer.train(cfg, run_dir, resume=resume)
 
 
 def _seg_evaluate(run_dir: Path) -> Mapping[str, Any]:
-    from mlbseg.seg.evaluate import evaluate_run
-
-    return evaluate_run(run_dir)
+    return seg_evaluate.evaluate_run(run_dir)
 
 
 # --- classification -------------------------------------------------------------------------------------
 
 
 def _cls_load(path: Path, overrides: Sequence[str]) -> Any:
-    from mlbseg.cls.config import ClsConfig
-    from mlbseg.config import load_config
-
-    return load_config(ClsConfig, path, overrides)
+    return load_config(cls_config.ClsConfig, path, overrides)
 
 
 def _cls_check(cfg: Any) -> None:
-    from mlbseg.cls.config import check_config
-
-    check_config(cfg)
+    cls_config.check_config(cfg)
     if not Path(cfg.data.root).exists():
         raise UserError(f"data.root: {cfg.data.root} not found; give the dataset's folder")
 
@@ -123,21 +115,11 @@ def _cls_noise_of(cfg: Any) -> str:
 
 
 def _cls_train(cfg: Any, run_dir: Path, resume: bool) -> Any:
-    from mlbseg.cls.trainer import train
-
-    return train(cfg, run_dir, resume=resume)
+    return cls_trainer.train(cfg, run_dir, resume=resume)
 
 
 def _cls_evaluate(run_dir: Path) -> Mapping[str, Any]:
-    from mlbseg.cls.evaluate import evaluate_run
-
-    return evaluate_run(run_dir)
-
-
-def _methods(module: str) -> tuple[str, ...]:
-    import importlib
-
-    return tuple(importlib.import_module(module).METHODS)
+    return cls_evaluate.evaluate_run(run_dir)
 
 
 def get_task(name: str) -> RepeatTask:
@@ -145,7 +127,7 @@ def get_task(name: str) -> RepeatTask:
     if name == "seg":
         return RepeatTask(
             name="seg",
-            methods=_methods("mlbseg.seg.config"),
+            methods=tuple(seg_config.METHODS),
             noise_key="data.noise",
             noise_help="noise levels L1, L2, L3 or clean",
             metrics=(Metric("dice", "Dice (%)", 100.0), Metric("hd95", "HD95 (mm)", 1.0)),
@@ -160,7 +142,7 @@ def get_task(name: str) -> RepeatTask:
     if name == "cls":
         return RepeatTask(
             name="cls",
-            methods=_methods("mlbseg.cls.config"),
+            methods=tuple(cls_config.METHODS),
             noise_key="data.noise_rate",
             noise_help="noise rates in [0, 1] for data.noise_rate",
             metrics=(Metric("accuracy", "Accuracy (%)", 100.0),),

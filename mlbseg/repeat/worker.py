@@ -3,7 +3,9 @@
 ``python -m mlbseg.repeat.worker --task seg --config CONFIG --run-dir DIR [--set KEY=VALUE ...]
 [--resume | --evaluate-only]``. Training and evaluation share one process, so the libraries are imported
 once per run. Exit code 0 on success; 2 for a mistake in the input (one ``Error: ...`` line on stderr, as
-the ``mlbseg`` commands print it); 1 with a traceback for anything else.
+the ``mlbseg`` commands print it); 130/143 after SIGINT/SIGTERM (one line; the training engine cleans up
+and ``checkpoints/last.pt`` stays the last complete epoch, which the next ``mlbseg repeat`` resumes); 1
+with a traceback for anything else.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlbseg.engine.signals import Interrupted, stop_on_signals
 from mlbseg.errors import UserError
 from mlbseg.repeat.tasks import get_task
 
@@ -35,16 +38,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the worker with ``argv`` (default: the command line); return the exit code."""
     args = _parser().parse_args(argv)
-    task = get_task(args.task)
     try:
-        cfg = task.load(args.config, args.overrides)
-        if not args.evaluate_only:
-            task.train(cfg, args.run_dir, args.resume)
-            print(f"trained: {args.run_dir}", flush=True)
-        summary = task.evaluate(args.run_dir)
+        with stop_on_signals():
+            task = get_task(args.task)
+            cfg = task.load(args.config, args.overrides)
+            if not args.evaluate_only:
+                task.train(cfg, args.run_dir, args.resume)
+                print(f"trained: {args.run_dir}", flush=True)
+            summary = task.evaluate(args.run_dir)
     except UserError as err:
         print(f"Error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Interrupted as err:
+        print(f"{err}; mlbseg repeat resumes this run", file=sys.stderr, flush=True)
+        return err.exit_code
     print(f"evaluated: {json.dumps(task.values(summary))}", flush=True)
     return 0
 

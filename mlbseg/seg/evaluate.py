@@ -2,10 +2,16 @@
 
 The test cases are touched only here, once, with the checkpoint the user names (``final`` by default): no
 model selection on test data. Results go to ``RUN_DIR/summary.json``: per case and mean ± std.
+
+``summary.json`` is derived, like nnU-Net's summary: every evaluation writes it afresh (atomically), so
+evaluating the run again, another checkpoint (``last``) or another prepared dataset replaces it, and
+``summary.json`` names the checkpoint and data it holds. ``mlbseg repeat`` and ``mlbseg demo`` count a run as
+finished only with a summary of ``final``; any other they replace by evaluating ``final`` again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,6 +23,7 @@ from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
+from mlbseg.evaluation.metrics import evaluate_volume, summarize
 from mlbseg.seg.config import SegConfig
 from mlbseg.seg.data import load_volumes
 from mlbseg.seg.inference import predict_probabilities
@@ -28,12 +35,7 @@ def load_trained_model(
 ) -> tuple[SegConfig, torch.nn.Module, dict[str, Any]]:
     """The run's config and its model (eval mode) with the weights of ``checkpoint`` (final|last|path)."""
     cfg, state = load_run_checkpoint(SegConfig, run_dir, checkpoint, map_location=device)
-    model = build_model(
-        arch=cfg.model.arch,
-        encoder=cfg.model.encoder,
-        encoder_depth=cfg.model.encoder_depth,
-        decoder_channels=cfg.model.decoder_channels,
-    ).to(device)
+    model = build_model(dataclasses.replace(cfg.model, encoder_weights=None)).to(device)  # weights: below
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:
@@ -44,12 +46,11 @@ def load_trained_model(
 def evaluate_run(
     run_dir: Path, checkpoint: str = "final", prepared: Path | None = None, device: str = "auto"
 ) -> dict[str, Any]:
-    """Score the test cases and write ``summary.json``; returns its contents."""
+    """Score the test cases and write (or replace) ``summary.json``; returns its contents."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     torch_device = resolve_device(device)
     cfg, model, state = load_trained_model(run_dir, checkpoint, torch_device)
-    from mlbseg.evaluation.metrics import evaluate_volume, summarize
 
     prepared = prepared or Path(cfg.data.prepared)
     per_case = {}

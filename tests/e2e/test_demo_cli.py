@@ -1,13 +1,20 @@
-"""`mlbseg demo` end to end: the whole path at toy size, continuing a finished demo, refusals, the claim."""
+"""`mlbseg demo` end to end: the whole path at toy size, continuing, refusals, the claim, signals."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from mlbseg.cli import app
+from mlbseg.demo import _replacing
+from mlbseg.repeat.plan import EVALUATE, FINISHED, run_state
 
 runner = CliRunner()
 # Toy training so the whole path takes seconds; the data options stay the CLI's.
@@ -24,6 +31,34 @@ TOY = [
 def _demo(out, *args, toy=True):
     sets = [item for override in TOY for item in ("--set", override)] if toy else []
     return runner.invoke(app, ["demo", "--out", str(out), *map(str, args), *sets, "--jobs", "1"])
+
+
+def _popen_demo(out, *args):
+    """The toy demo (6 cases at 32²) as its own process, for signals."""
+    sets = [item for override in TOY for item in ("--set", override)]
+    command = [sys.executable, "-m", "mlbseg", "demo", "--out", str(out), "--cases", "6", "--size", "32"]
+    command += [*map(str, args), *sets, "--jobs", "1"]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _interrupt_when(proc, ready, signum=signal.SIGTERM, seconds=120):
+    """Send ``signum`` once ``ready()`` holds; return the exit code and stderr. The process never outlives."""
+    try:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    return proc.returncode, stderr.decode()
+
+
+def _files(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +116,23 @@ def test_a_rerun_reuses_every_finished_stage(toy_demo):
     assert {run["status"] for run in json.loads((out / "table.json").read_text())["runs"]} == {"skipped"}
 
 
+def test_evaluate_replaces_the_derived_summary_and_a_rerun_would_evaluate_final_again(toy_demo):
+    out, _ = toy_demo
+    run_dir = out / "baseline-L1-seed1"
+    summary = run_dir / "summary.json"
+    final = json.loads(summary.read_text())
+    try:
+        result = runner.invoke(app, ["evaluate", str(run_dir), "--checkpoint", "last"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(summary.read_text())["checkpoint"] == "last"  # replaced, and it says so
+        assert run_state(run_dir) == EVALUATE  # not the run's result: demo and repeat evaluate final
+    finally:
+        result = runner.invoke(app, ["evaluate", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(summary.read_text()) == final  # the same checkpoint and data: the same summary
+    assert run_state(run_dir) == FINISHED
+
+
 def test_other_data_options_in_the_same_folder_are_refused(toy_demo):
     out, _ = toy_demo
     before = sorted(path.name for path in out.iterdir())
@@ -122,6 +174,77 @@ def test_a_run_folder_of_another_experiment_is_refused(toy_demo):
     result = _demo(out, "--cases", 6, "--size", 32, "--seeds", "0..1", "--set", "optim.lr=0.2")
     assert result.exit_code == 2
     assert "holds a different experiment (optim.lr differ)" in result.output
+
+
+CONTINUE = (
+    "interrupted; continue with the same command (finished stages are reused, an interrupted run resumes)\n"
+)
+
+
+def test_sigterm_stops_the_stage_in_progress_with_one_line(tmp_path):
+    out = tmp_path / "demo"
+    code, stderr = _interrupt_when(_popen_demo(out), lambda: any(out.glob(".prepared.*.tmp")))
+    assert (code, stderr) == (143, CONTINUE)
+    assert sorted(path.name for path in out.iterdir()) == ["demo.json", "raw", "split.yaml"]  # raw is done
+
+
+@pytest.mark.slow
+def test_an_interrupted_demo_continues_where_it_stopped(tmp_path):
+    out = tmp_path / "demo"
+    run_dir = out / "baseline-L1-seed0"
+    victim = _popen_demo(out)
+    code, stderr = _interrupt_when(victim, (run_dir / "checkpoints" / "last.pt").exists)  # in epoch 2
+    assert (code, stderr) == (143, CONTINUE)
+    assert not (run_dir / "checkpoints" / "final.pt").exists()
+    assert not list(out.rglob("*.tmp"))
+    kept = {
+        path: path.stat().st_mtime_ns
+        for path in (out / "prepared" / "manifest.json", run_dir / "config.yaml")
+    }
+    result = _demo(out, "--cases", 6, "--size", 32)
+    assert result.exit_code == 0, result.output
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept  # data reused, the run resumed
+    epochs = [line.split(",")[0] for line in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2"]
+
+
+def test_an_interrupted_overwrite_leaves_the_earlier_demo_intact(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo.json").write_text('{"cases": 8}\n')
+    (out / "table.md").write_text("the earlier results\n")
+    earlier = _files(out)
+
+    def building_the_new_one():
+        return any(tmp_path.glob(".demo.*.old")) and (out / "demo.json").exists()
+
+    code, stderr = _interrupt_when(_popen_demo(out, "--overwrite"), building_the_new_one, signal.SIGINT)
+    assert (code, stderr) == (130, "interrupted; continue with the same command\n")
+    assert _files(out) == earlier
+    assert sorted(tmp_path.iterdir()) == [out]  # no aside or staging folder left
+
+
+def _fail_while_replacing(out):
+    with _replacing(out, Console(quiet=True)):
+        (out / "half.txt").write_text("half")
+        raise RuntimeError("the new demo failed")
+
+
+def test_an_overwrite_replaces_the_earlier_demo_only_when_the_new_one_is_complete(tmp_path):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "old.txt").write_text("earlier")
+    with _replacing(out, Console(quiet=True)):
+        assert sorted(path.name for path in out.iterdir()) == []  # the new one starts empty
+        (aside,) = tmp_path.glob(".demo.*.old")
+        assert (aside / "demo" / "old.txt").read_text() == "earlier"
+        (out / "new.txt").write_text("new")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]
+    assert sorted(path.name for path in out.iterdir()) == ["new.txt"]
+    with pytest.raises(RuntimeError, match="the new demo failed"):
+        _fail_while_replacing(out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["demo"]
+    assert sorted(path.name for path in out.iterdir()) == ["new.txt"]
 
 
 @pytest.mark.slow

@@ -1,9 +1,14 @@
 """`mlbseg synth` + `mlbseg prepare` through the CLI: a tiny end-to-end run and every kind of bad input."""
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +169,66 @@ def test_merge_accepts_other_labels_and_existing_output_needs_overwrite(raw, tmp
     result = runner.invoke(app, ["prepare", str(raw), str(out), "--size", "16", "--overwrite", "--jobs", "2"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "manifest.json").read_text())["labels"] == "binary"
+
+
+def _children(pid):
+    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass  # ended while we looked
+    return pids
+
+
+def _alive(pid):
+    """Whether ``pid`` is a live process (a zombie is dead: it waits only to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _workers(pid):
+    """The pool's worker processes among the children of ``pid`` (not multiprocessing's tracker)."""
+    return [child for child in _children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+
+
+@pytest.mark.parametrize(
+    ("signum", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"]
+)
+def test_a_signal_ends_every_worker_and_leaves_nothing(raw, tmp_path, signum, to_group):
+    out = tmp_path / "out" / "prepared"
+    command = [sys.executable, "-m", "mlbseg", "prepare", str(raw), str(out), "--size", "16", "--jobs", "2"]
+    # its own process group, as a terminal's job: a Ctrl-C there sends SIGINT to the whole group
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_workers(proc.pid)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        children = _children(proc.pid)
+        workers = _workers(proc.pid)
+        for pid in workers:
+            os.kill(pid, signal.SIGSTOP)  # held mid-work: none can finish before the signal lands
+        os.killpg(proc.pid, signum) if to_group else proc.send_signal(signum)
+        time.sleep(0.2)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):  # SIGTERM ends a stopped process too
+                os.kill(pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever a failure left running
+    assert proc.returncode == 128 + signum, stderr.decode()
+    assert stderr.decode() == "interrupted; continue with the same command\n"  # no worker's traceback
+    deadline = time.monotonic() + 10  # multiprocessing's tracker ends when it sees the parent gone
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in children)
+    assert list(tmp_path.iterdir()) == []  # neither staging folder nor the parent folder it created

@@ -1,17 +1,24 @@
-"""`mlbseg repeat` end to end: worker processes, tables, skipping, resuming, failures, classification."""
+"""`mlbseg repeat` end to end: workers, tables, skip and resume, failures, signals, locks, classification."""
 
 import csv
 import importlib.util
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
 from mlbseg.cli._errors import reports_user_errors
 from mlbseg.cli.repeat import repeat
+from mlbseg.engine.lock import run_lock
 
 ROOT = Path(__file__).parents[2]
 SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
@@ -130,6 +137,113 @@ def test_a_failed_run_is_reported_and_retried(prepared, tmp_path):
     assert retried.exit_code == 1
     assert "skipped baseline-L1-seed0" in retried.output
     assert log.read_text().count("mlbseg repeat: fresh") == 2  # the earlier attempt's log is kept
+
+
+def _children(pid):
+    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass  # ended while we looked
+    return pids
+
+
+def _alive(pid):
+    """Whether ``pid`` is a live process (a zombie is dead: it waits only to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _popen(module, *args):
+    command = [sys.executable, "-m", module, *(str(arg) for arg in args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes side by side on two cores
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _model(run_dir):
+    return torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)["model"]
+
+
+def _summary(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return summary["cases"], summary["mean"]
+
+
+def _interrupt_in_training(victim, run_dir):
+    """SIGTERM ``victim`` once its run has a ``last.pt``; return its workers' pids and its stderr."""
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert victim.poll() is None, victim.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    workers = _children(victim.pid)
+    assert workers, "the run's worker process"
+    victim.send_signal(signal.SIGTERM)  # in the run's second epoch
+    _, stderr = victim.communicate(timeout=60)
+    return workers, stderr.decode()
+
+
+def test_sigterm_stops_the_workers_and_the_rerun_ends_as_an_uninterrupted_run(
+    prepared, tmp_path, monkeypatch
+):
+    sets = [f"data.prepared={prepared}", "train.epochs=3", "train.device=cpu"]
+    sets = [item for override in sets for item in ("--set", override)]
+    axes = ["--set", "train.seed=0", "--set", "method.name=baseline", "--set", "data.noise=L1"]
+    reference_dir = tmp_path / "reference"  # the same run, uninterrupted, as repeat's worker runs it
+    worker = ["mlbseg.repeat.worker", "--task", "seg", "--config", SMOKE, "--run-dir", reference_dir]
+    out, run_dir = tmp_path / "out", tmp_path / "out" / "baseline-L1-seed0"
+    args = [SMOKE, "--seeds", "0", "--noise", "L1", "--methods", "baseline", "--jobs", "1", *sets]
+    reference = _popen(*worker, *sets, *axes)
+    victim = _popen("mlbseg", "repeat", *args, "--out", out)
+    try:
+        workers, stderr = _interrupt_in_training(victim, run_dir)
+        assert victim.returncode == 143, stderr
+        assert stderr == (
+            "interrupted; continue with the same command (finished runs are kept, interrupted ones resume)\n"
+        )
+        assert not any(_alive(pid) for pid in workers)
+        assert not (run_dir / "checkpoints" / "final.pt").exists()
+        assert sorted(path.name for path in out.iterdir()) == [".lock", run_dir.name]  # no pending log
+        assert "interrupted by SIGTERM" in (run_dir / "log.txt").read_text()
+        assert not list(run_dir.rglob("*.tmp"))
+
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # bit-exact resume: the same threads as the reference
+        resumed = _repeat(out, *args)
+        assert resumed.exit_code == 0, resumed.output
+        assert "started baseline-L1-seed0 (resume)" in resumed.output
+        assert reference.wait(timeout=120) == 0, reference.stderr.read().decode()
+    finally:
+        for process in (victim, reference):
+            process.kill()
+            process.wait()
+    expected, actual = _model(reference_dir), _model(run_dir)
+    for name, value in expected.items():
+        assert torch.equal(value, actual[name]), name
+    assert _summary(run_dir) == _summary(reference_dir)
+    (row,) = _table(out)["rows"]
+    assert (row["n"], row["failed"]) == (1, 0)
+    assert row["dice_mean"] == pytest.approx(100 * _summary(reference_dir)[1]["dice"]["mean"])
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+
+
+def test_a_run_another_process_trains_stops_the_repeat_before_it_starts(prepared, tmp_path):
+    out = tmp_path / "out"
+    busy = out / "baseline-L1-seed1"
+    with run_lock(busy):  # as an orphaned worker of an earlier, SIGKILLed repeat would hold it
+        result = _repeat(
+            out, SMOKE, "--seeds", "0..1", "--methods", "baseline", "--set", f"data.prepared={prepared}"
+        )
+    assert result.exit_code == 2, result.output
+    assert result.output == (
+        f"Error: {busy}: another process is training this run (lock held); wait for it or stop it\n"
+    )
+    assert sorted(path.name for path in out.iterdir()) == [busy.name]  # nothing started, no table
 
 
 def _cifar_fakes():

@@ -1,17 +1,21 @@
-"""`mlbseg.repeat` without training: argument parsing, run planning, the process scheduler, the tables."""
+"""`mlbseg.repeat` without training: arguments, run planning, the process scheduler and its stop, tables."""
 
 import fcntl
 import json
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from mlbseg.config import save_config
+from mlbseg.engine.lock import run_lock
+from mlbseg.engine.run_dir import save_config
+from mlbseg.engine.signals import Interrupted
 from mlbseg.errors import UserError
-from mlbseg.repeat import parse_list, parse_seeds, repeat
+from mlbseg.repeat import parse_list, parse_seeds, repeat, scheduler
 from mlbseg.repeat.plan import EVALUATE, FINISHED, FRESH, RESUME, plan_runs
 from mlbseg.repeat.scheduler import Job, child_env, cpu_count, make_slots, run_jobs
 from mlbseg.repeat.table import RunRecord, aggregate, csv_text, markdown
@@ -88,18 +92,27 @@ def test_plan_lists_every_combination_seed_major(prepared, tmp_path):
     assert last.run_dir == tmp_path / "out" / "mlbseg-L2-seed1"
 
 
+def _summary(spec, checkpoint):
+    (spec.run_dir / "summary.json").write_text(json.dumps({"checkpoint": checkpoint, "mean": {}}))
+
+
 def test_plan_reads_the_state_of_existing_run_folders(prepared, tmp_path):
     out = tmp_path / "out"
-    specs = _plan(prepared, out, seeds=[0, 1, 2, 3])
-    _fake_run(specs[0], ["checkpoints/final.pt", "summary.json"])
+    seeds = [0, 1, 2, 3, 4]
+    specs = _plan(prepared, out, seeds=seeds)
+    _fake_run(specs[0], ["checkpoints/final.pt"])
+    _summary(specs[0], "final")
     _fake_run(specs[1], ["checkpoints/final.pt", "checkpoints/last.pt"])
     _fake_run(specs[2], ["checkpoints/last.pt", "metrics.csv"])
     _fake_run(specs[3], ["log.txt"])  # died before its first checkpoint
-    assert [spec.state for spec in _plan(prepared, out, seeds=[0, 1, 2, 3])] == [
+    _fake_run(specs[4], ["checkpoints/final.pt"])
+    _summary(specs[4], "last")  # `mlbseg evaluate --checkpoint last` replaced final's summary
+    assert [spec.state for spec in _plan(prepared, out, seeds=seeds)] == [
         FINISHED,
         EVALUATE,
         RESUME,
         FRESH,
+        EVALUATE,
     ]
 
 
@@ -114,6 +127,18 @@ def test_plan_refuses_a_folder_holding_another_experiment(prepared, tmp_path):
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not an mlbseg run folder"):
         _plan(prepared, out, seeds=[0, 1])
+
+
+def test_plan_refuses_a_run_that_another_process_trains(prepared, tmp_path):
+    out = tmp_path / "out"
+    busy = _plan(prepared, out)[1].run_dir
+    with run_lock(busy):  # as the engine holds it while a run (say, an orphaned worker's) trains
+        with pytest.raises(UserError) as caught:
+            _plan(prepared, out)
+        assert str(caught.value) == (
+            f"{busy}: another process is training this run (lock held); wait for it or stop it"
+        )
+    assert [spec.state for spec in _plan(prepared, out)] == [FRESH, FRESH]  # a lone .lock is no run
 
 
 @pytest.mark.parametrize(
@@ -224,6 +249,42 @@ def test_a_job_that_dies_before_claiming_still_leaves_its_log(tmp_path):
     assert os.listdir(tmp_path / "run") == ["log.txt"]
 
 
+def _wait_for(paths, text, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not all(path.is_file() and text in path.read_text() for path in paths):
+        assert time.monotonic() < deadline, [path.read_text() for path in paths if path.is_file()]
+        time.sleep(0.01)
+
+
+def test_an_interruption_stops_every_process_and_places_pending_logs(tmp_path, monkeypatch):
+    monkeypatch.setattr(scheduler, "GRACE_SECONDS", 0.5)
+    ready = "import os, signal, time; {}print('ready', os.getpid(), flush=True); time.sleep(60)"
+    stubborn = ready.format("signal.signal(signal.SIGTERM, signal.SIG_IGN); ")  # needs the SIGKILL
+    run_dir = tmp_path / "b"
+    jobs = [
+        Job("a", _python(stubborn), tmp_path / "a" / "log.txt"),
+        Job(
+            "b", _python(ready.format("")), run_dir / "log.txt", run_dir / "config.yaml", tmp_path / ".b.log"
+        ),
+    ]
+
+    def report(event, job, outcome):
+        if job.name == "b":  # both running and ready: Ctrl-C now
+            _wait_for([tmp_path / "a" / "log.txt", tmp_path / ".b.log"], "ready")
+            raise Interrupted(signal.SIGINT)
+
+    started = time.monotonic()
+    with pytest.raises(Interrupted):
+        run_jobs(jobs, [None, None], report)
+    assert 0.5 <= time.monotonic() - started < 30
+    logs = [tmp_path / "a" / "log.txt", run_dir / "log.txt"]  # the pending log is in place
+    assert not (tmp_path / ".b.log").exists()
+    for log in logs:
+        pid = int(log.read_text().split()[-1])
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # ended and reaped
+
+
 # --- tables ---------------------------------------------------------------------------------------------
 
 
@@ -270,7 +331,7 @@ def test_repeat_of_finished_runs_only_reads_their_summaries(prepared, tmp_path):
     specs = _plan(prepared, out, seeds=[0, 1])
     for spec, dice in zip(specs, (0.5, 0.9), strict=True):
         _fake_run(spec, ["checkpoints/final.pt"])
-        summary = {"mean": {"dice": {"mean": dice}, "hd95": {"mean": 3.0}}}
+        summary = {"checkpoint": "final", "mean": {"dice": {"mean": dice}, "hd95": {"mean": 3.0}}}
         (spec.run_dir / "summary.json").write_text(json.dumps(summary))
     console = Console(record=True, width=200)
     result = repeat(
