@@ -45,7 +45,7 @@ def overlay(
 ) -> None:
     """Contours of reference (red), noisy label (yellow, train split) and prediction (cyan) on the slices."""
     from mlbseg.errors import UserError
-    from mlbseg.seg.predict import write_overlays
+    from mlbseg.run_figures import write_overlays
 
     try:
         indices = [int(item) for item in _items(slices)]

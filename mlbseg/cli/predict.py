@@ -20,13 +20,15 @@ def predict(
         help="Prepared dataset of the run (slice size, normalisation); default: the run's.",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing output (an OUTPUT folder as a whole)."
+    ),
 ) -> None:
-    """Segment a volume (or a folder of them) into 0/1 masks in the input's own size and geometry."""
-    from mlbseg.seg.predict import load_predictor, plan_outputs, predict_file
+    """Segment a volume (or a folder of them, all or nothing) into 0/1 masks in each input's own geometry."""
+    from mlbseg.seg.predict import load_predictor, plan_outputs, predict_all
 
     pairs = plan_outputs(input_path, output, overwrite)
     predictor = load_predictor(run_dir, checkpoint, prepared, device)
-    for image, target in pairs:
-        predict_file(predictor, image, target, overwrite=overwrite)
+    predict_all(predictor, input_path, output, pairs, overwrite=overwrite)
+    for _, target in pairs:
         typer.echo(f"wrote {target}")

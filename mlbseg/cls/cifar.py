@@ -1,8 +1,13 @@
 """CIFAR-10/100 from the original python pickles, with a clean class-balanced meta set and label noise.
 
-Layout (REFERENCE.md §2): ``<root>/cifar-10-batches-py/data_batch_1..5, test_batch`` (key ``labels``) and
+Layout (docs/reference.md §2): ``<root>/cifar-10-batches-py/data_batch_1..5, test_batch`` (key ``labels``) and
 ``<root>/cifar-100-python/train, test`` (keys ``fine_labels``, ``coarse_labels``); ``data`` is uint8
 [N, 3072] in CHW order. Nothing is downloaded.
+
+The pickles are read with :class:`CifarUnpickler`, never ``pickle.load``: unpickling may call any global
+a file names, so a file planted in the data folder could run code. The unpickler resolves only the few
+globals that CIFAR's dicts of numpy arrays, lists, ints and bytes need, and every part is then checked
+(shape, dtype, one label per image, labels within the classes).
 
 Two split modes:
 
@@ -15,9 +20,12 @@ Two split modes:
 
 from __future__ import annotations
 
+import codecs
+import functools
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -50,6 +58,9 @@ _LAYOUT = {
     ),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+COARSE_CLASSES = 20  # CIFAR-100's super-classes
+# What unpickling a damaged file raises (a bad opcode, a cut-off stream, bad arguments to an allowed global).
+_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 SPLITS = ("reference", "random")
 
 
@@ -68,33 +79,110 @@ class CifarArrays:
     coarse_labels: np.ndarray | None
 
 
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as pickle protocols 0–2 use it to rebuild ``bytes``, limited to latin-1."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin1")
+    return codecs.encode(text, "latin1")
+
+
+@functools.cache
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """The globals a pickled dict of numpy arrays needs, under numpy 1 (``numpy.core``) and 2 (``_core``).
+
+    ``_reconstruct`` (protocols 0–4) and ``_frombuffer`` (protocol 5) are taken from numpy's own reduction
+    of an array, so the module that holds them is never imported under its other name.
+    """
+    sample = np.zeros(1, np.uint8)
+    reconstruct, frombuffer = sample.__reduce__()[0], sample.__reduce_ex__(5)[0]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, str, bytes, numbers and numpy arrays.
+
+    Any other global (a class or a function to call) is a UserError naming the file, raised before it is
+    resolved, so a hostile pickle cannot run code. Python 2 strings are decoded as latin-1, as numpy
+    needs for the arrays of the original CIFAR files.
+    """
+
+    def __init__(self, file: IO[bytes], path: Path) -> None:
+        super().__init__(file, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        """The allowed global ``module.name``; any other is a UserError."""
+        found = _cifar_globals().get((module, name))
+        if found is None:
+            raise UserError(f"{self.path}: not a CIFAR pickle (refuses global {module}.{name})")
+        return found
+
+
 def _read_pickle(path: Path, root: Path, what: str) -> dict:
     if not path.parent.is_dir():
         raise UserError(f"{path.parent} not found: put the {what} under {root}/")
     try:
         with path.open("rb") as file:
-            return pickle.load(file, encoding="latin1")
-    except FileNotFoundError as err:
-        raise UserError(f"{path} not found: put the {what} under {root}/") from err
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise UserError(f"{path} is not a readable CIFAR pickle ({err}): extract the archive again") from err
+            batch = CifarUnpickler(file, path).load()
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: put the {what} under {root}/") from None
+    except _DAMAGED as err:
+        raise UserError(f"{path} is not a readable CIFAR pickle ({err}): extract the archive again") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{path}: not a CIFAR pickle (holds a {type(batch).__name__}, not a dict)")
+    return batch
+
+
+def _labels(batch: dict, key: str, count: int, num_classes: int, path: Path) -> np.ndarray:
+    """``batch[key]`` as int64 [count] in 0..num_classes-1; UserError naming ``path`` otherwise."""
+    if key not in batch:
+        raise UserError(f"{path}: no '{key}': not a CIFAR pickle of this dataset")
+    labels = np.asarray(batch[key])
+    if labels.shape != (count,) or (count and labels.dtype.kind not in "iu"):
+        raise UserError(f"{path}: '{key}' must hold {count} integer labels, one per image, got {labels.size}")
+    if count and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise UserError(
+            f"{path}: '{key}' holds labels {labels.min()}..{labels.max()}, outside 0..{num_classes - 1}: "
+            "not a CIFAR pickle of this dataset"
+        )
+    return labels.astype(np.int64)
+
+
+def _images(batch: dict, name: str, path: Path) -> np.ndarray:
+    """``batch['data']``, uint8 [N, 3072] CHW rows, as uint8 [N, 32, 32, 3] HWC."""
+    data = batch.get("data")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {list(data.shape)}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise UserError(f"{path}: expected uint8 'data' [N, 3072], got {found}: not a {name} pickle")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
 
 
 def load_cifar(root: str | Path, name: str, train: bool) -> CifarArrays:
-    """Read the training (``train=True``) or test pickles of ``cifar10``/``cifar100`` under ``root``."""
+    """Read the training (``train=True``) or test pickles of ``cifar10``/``cifar100`` under ``root``.
+
+    Raises:
+        UserError: A missing folder or file, a file that is not a CIFAR pickle (a global other than numpy's
+            array reconstruction, wrong shape or dtype of ``data``, a label count different from the image
+            count, labels outside the classes).
+    """
     root = Path(root)
     folder, train_files, test_files, label_key, what = _LAYOUT[name]
     images, labels, coarse = [], [], []
     for file_name in train_files if train else test_files:
         path = root / folder / file_name
         batch = _read_pickle(path, root, what)
-        data = np.asarray(batch.get("data"))
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or label_key not in batch:
-            raise UserError(f"{path}: expected uint8 'data' [N, 3072] and '{label_key}': not a {name} pickle")
-        images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+        images.append(_images(batch, name, path))
+        labels.append(_labels(batch, label_key, len(images[-1]), NUM_CLASSES[name], path))
         if name == "cifar100":
-            coarse.append(np.asarray(batch["coarse_labels"], dtype=np.int64))
+            coarse.append(_labels(batch, "coarse_labels", len(images[-1]), COARSE_CLASSES, path))
     return CifarArrays(
         images=np.ascontiguousarray(np.concatenate(images)),
         labels=np.concatenate(labels),

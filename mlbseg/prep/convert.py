@@ -1,9 +1,11 @@
 """One case from raw volumes to prepared arrays: read, check, normalise, resize, add noisy masks.
 
 These functions run inside the worker processes of :mod:`mlbseg.prep.prepare` (they take and return only
-picklable values). Checks, each a :class:`~mlbseg.errors.UserError` naming the file: image and mask must
-have the same shape and spacing, hold no NaN/inf, and the mask must be 0/1 unless labels are merged
-(``label > 0``, e.g. MSD's peripheral and transition zones into one gland).
+picklable values). Image and mask geometry is checked from the headers before any output exists
+(:func:`mlbseg.prep.discovery.check_pairs`), truncated files and NaN/inf voxels by the reader
+(:func:`mlbseg.prep.volumes.read_volume`); here the mask must be 0/1 unless labels are merged
+(``label > 0``, e.g. MSD's peripheral and transition zones into one gland), a
+:class:`~mlbseg.errors.UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -45,8 +47,6 @@ def volume_to_slices(image: np.ndarray, size: int) -> tuple[np.ndarray, tuple[fl
 
 def binary_mask(mask: np.ndarray, merge: bool, path: Path) -> np.ndarray:
     """The reference mask as uint8 0/1: ``mask > 0`` when merging, else it must already be 0/1."""
-    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
-        raise UserError(f"{path}: the mask contains NaN or inf values")
     if merge:
         return (mask > 0).astype(np.uint8)
     valid = (mask == 0) | (mask == 1)
@@ -58,28 +58,10 @@ def binary_mask(mask: np.ndarray, merge: bool, path: Path) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def _check_pair(
-    source: CaseSource, image: np.ndarray, geometry: Geometry, mask: np.ndarray, mask_geometry: Geometry
-) -> None:
-    if mask.shape != image.shape:
-        raise UserError(
-            f"{source.mask}: mask shape (z, y, x) {mask.shape} differs from its image's {image.shape} "
-            f"({source.image.name})"
-        )
-    if not np.allclose(mask_geometry["spacing"], geometry["spacing"], rtol=1e-3, atol=1e-5):
-        raise UserError(
-            f"{source.mask}: mask spacing (z, y, x) {mask_geometry['spacing']} differs from its image's "
-            f"{geometry['spacing']} ({source.image.name})"
-        )
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise UserError(f"{source.image}: the image contains NaN or inf values")
-
-
 def read_case(source: CaseSource, options: ConvertOptions) -> tuple[np.ndarray, np.ndarray, Geometry]:
     """Read and check one case: image [S, H, W] (file dtype), mask [S, H, W] uint8 0/1, image geometry."""
     image, geometry = read_volume(source.image, options.channel)
-    mask, mask_geometry = read_volume(source.mask)
-    _check_pair(source, image, geometry, mask, mask_geometry)
+    mask, _ = read_volume(source.mask)
     return image, binary_mask(mask, options.merge_labels, source.mask), geometry
 
 

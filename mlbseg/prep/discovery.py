@@ -1,4 +1,4 @@
-"""Find the (image, mask) pairs of a raw dataset folder (DESIGN.md §2, ECOSYSTEM.md §1).
+"""Find the (image, mask) pairs of a raw dataset folder (docs/design.md §2, docs/design.md §2.1).
 
 Two layouts are recognised:
 
@@ -9,19 +9,22 @@ Two layouts are recognised:
 
 Names starting with ``.`` or ``_`` (macOS ``._*`` forks, ``.DS_Store``) and files that are not volumes
 (``.raw`` data files, notes, ``dataset.json``) are ignored. Cases come back sorted by id, whatever the
-order of the directory listing.
+order of the directory listing. :func:`check_pairs` then compares each image's grid with its mask's from
+the headers alone, before anything is converted.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlbseg.errors import UserError
-from mlbseg.prep.volumes import volume_suffix
+from mlbseg.prep.volumes import geometry_difference, read_header, volume_suffix
 
 MASK_TAG = "_segmentation"
 PAIRS, MSD = "pairs", "msd"
+_AXES = {"spacing": "spacing (z, y, x)", "origin": "origin (x, y, z)", "direction": "direction"}
 
 
 @dataclass(frozen=True)
@@ -126,3 +129,34 @@ def discover_cases(raw: str | Path) -> tuple[list[CaseSource], str]:
             f"the same way, or MSD imagesTr/ + labelsTr/){_empty_hint(raw)}"
         )
     return cases, layout
+
+
+def _shown(values: Iterable[float]) -> str:
+    return "[" + ", ".join(f"{value:g}" for value in values) + "]"
+
+
+def check_pair(source: CaseSource) -> None:
+    """UserError naming both files unless the mask lies on its image's voxel grid (headers only).
+
+    The shape (z, y, x) must be equal (the image's first three axes for a 4-D image); spacing, origin and
+    direction must agree within the tolerances of :func:`~mlbseg.prep.volumes.geometry_difference`.
+    """
+    image_size, image = read_header(source.image)
+    mask_size, mask = read_header(source.mask)
+    if mask_size != image_size:
+        raise UserError(
+            f"{source.mask}: mask shape (z, y, x) {mask_size[::-1]} differs from its image's "
+            f"{image_size[::-1]} ({source.image})"
+        )
+    key = geometry_difference(mask, image)
+    if key is not None:
+        raise UserError(
+            f"{source.mask}: mask {_AXES[key]} {_shown(mask[key])} differs from its image's "
+            f"{_shown(image[key])} ({source.image}); the mask must be drawn on the image's grid"
+        )
+
+
+def check_pairs(sources: Iterable[CaseSource]) -> None:
+    """:func:`check_pair` for every case, so that a mismatch stops ``prepare`` before any output exists."""
+    for source in sources:
+        check_pair(source)

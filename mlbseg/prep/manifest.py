@@ -1,4 +1,4 @@
-"""The prepared dataset on disk (DESIGN.md §2): ``manifest.json`` plus one ``cases/<id>.npz`` per case.
+"""The prepared dataset on disk (docs/design.md §2): ``manifest.json`` plus one ``cases/<id>.npz`` per case.
 
 ``manifest.json`` keys: ``format_version`` (:data:`FORMAT_VERSION`), ``mlbseg_version``, ``source`` (raw
 folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` (binary/merge),
@@ -13,6 +13,10 @@ spacing (mm, z, y, x), origin (mm, x, y, z), direction (9 floats, row-major), in
 0/1 (the reference at original resolution), and for train cases ``noisy_L1``, ``noisy_L2``,
 ``noisy_L3`` uint8 [S, size, size] 0/1. Masks are deflated, images stored; zip timestamps are fixed, so the
 same input and seed give the same bytes.
+
+A case id names files (``cases/<id>.npz`` and the outputs of other commands), so every id read from a
+manifest or a split file must be a plain file name (:func:`check_case_id`): a damaged or hostile manifest
+cannot make mlbseg read or write outside its folders.
 """
 
 from __future__ import annotations
@@ -32,11 +36,30 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CASES = "cases"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+_SEPARATORS = ("/", "\\", "\0")
+
+
+def check_case_id(case_id: object, source: str | Path) -> str:
+    """Return ``case_id`` if it is a plain file name; else a UserError naming ``source``, the file listing it.
+
+    Refused: a non-string, the empty string, ``.``, ``..``, and anything holding a slash, a backslash or NUL
+    (so absolute paths too).
+
+    Example:
+        >>> check_case_id("Case00", "manifest.json")
+        'Case00'
+    """
+    if not isinstance(case_id, str) or case_id in ("", ".", "..") or any(c in case_id for c in _SEPARATORS):
+        raise UserError(
+            f"{source}: case id {case_id!r} is not a plain file name (empty, '.', '..' or with a path "
+            "separator); use ids like Case00"
+        )
+    return case_id
 
 
 def case_path(prepared: str | Path, case_id: str) -> Path:
-    """``PREPARED/cases/<id>.npz``."""
-    return Path(prepared) / CASES / f"{case_id}.npz"
+    """``PREPARED/cases/<id>.npz``; UserError (naming the manifest) if ``case_id`` would leave ``cases/``."""
+    return Path(prepared) / CASES / f"{check_case_id(case_id, Path(prepared) / MANIFEST)}.npz"
 
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> None:
@@ -79,8 +102,27 @@ def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> None:
     write_text_atomic(Path(folder) / MANIFEST, text + "\n")
 
 
+def _check_ids(manifest: dict[str, Any], path: Path) -> None:
+    """Every case id of ``cases`` and ``split`` must be a plain file name (:func:`check_case_id`)."""
+    cases, split = manifest.get("cases", {}), manifest.get("split", {})
+    if not (isinstance(cases, dict) and isinstance(split, dict)) or not all(
+        isinstance(ids, list) for ids in split.values()
+    ):
+        raise UserError(
+            f"{path}: 'cases' must map ids to records and 'split' names to lists of ids; "
+            "run `mlbseg prepare` again"
+        )
+    for case_id in [*cases, *(case_id for ids in split.values() for case_id in ids)]:
+        check_case_id(case_id, path)
+
+
 def load_manifest(prepared: str | Path) -> dict[str, Any]:
-    """Read ``PREPARED/manifest.json``; UserError if it is missing, unreadable or of another format."""
+    """Read ``PREPARED/manifest.json``.
+
+    Raises:
+        UserError: The file is missing, unreadable or of another format, or lists a case id that is not a
+            plain file name (:func:`check_case_id`).
+    """
     path = Path(prepared) / MANIFEST
     if not Path(prepared).is_dir():
         raise UserError(f"{prepared}: no such folder; create it with `mlbseg prepare RAW {prepared}`")
@@ -96,4 +138,5 @@ def load_manifest(prepared: str | Path) -> dict[str, Any]:
             f"{path}: format version {version!r}, but this mlbseg reads version {FORMAT_VERSION}; "
             "run `mlbseg prepare` again with this version"
         )
+    _check_ids(manifest, path)
     return manifest

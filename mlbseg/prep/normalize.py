@@ -4,7 +4,7 @@ MR intensities have no physical unit and differ by vendor, coil and case, so eve
 its own: take the 0.5th and 99.5th percentiles of **all voxels of the volume** (at original resolution)
 as a window, clip to it, and scale the window linearly to [0, 1]. The percentiles ignore the few extreme
 voxels (coil hot spots, air spikes) that would squash a min–max scaling, the window is shared by every
-slice (so slices keep their relative brightness, unlike the reference's per-slice min–max, REFERENCE.md
+slice (so slices keep their relative brightness, unlike the reference's per-slice min–max, docs/reference.md
 §6.4 and §7 item 39), and the result lies in the same [0, 1] range as the reference's images. A volume
 whose window is empty (constant, or almost) maps to all zeros; constant slices inside a normal volume
 simply take one value. No NaN or inf can come out. Name in the manifest: :data:`NORMALIZATION`.

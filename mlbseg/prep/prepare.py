@@ -21,12 +21,12 @@ from mlbseg.engine.atomic import atomic_folder, check_target
 from mlbseg.errors import UserError
 from mlbseg.prep.calibrate import calibrate_levels
 from mlbseg.prep.convert import ConvertOptions, add_noisy_masks, convert_case
-from mlbseg.prep.discovery import MSD, discover_cases
+from mlbseg.prep.discovery import MSD, check_pairs, discover_cases
 from mlbseg.prep.manifest import CASES, FORMAT_VERSION, write_manifest
 from mlbseg.prep.normalize import NORMALIZATION
+from mlbseg.prep.pool import run_tasks
 from mlbseg.prep.report import print_summary
 from mlbseg.prep.splits import SPLITS, make_split
-from mlbseg.prep.tasks import run_tasks
 
 LABEL_MODES = ("auto", "binary", "merge")
 MIN_SIZE = 16
@@ -150,6 +150,7 @@ def prepare_dataset(
     sources = {source.case_id: source for source in found}
     chosen = make_split(split, sorted(sources), seed)
     role = {case_id: name for name in SPLITS for case_id in chosen[name]}
+    check_pairs(sources[case_id] for case_id in sorted(role))
     options = ConvertOptions(size, channel, labels == "merge" or (labels == "auto" and layout == MSD))
     console = Console()
     left_out = sorted(set(sources) - set(role))

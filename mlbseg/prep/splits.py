@@ -2,11 +2,12 @@
 
 Three ways (``mlbseg prepare --split``):
 
-- ``paper``: the published PROMISE12 split (REFERENCE.md §6.2): 37 train, 3 meta, 10 test; needs
+- ``paper``: the published PROMISE12 split (docs/reference.md §6.2): 37 train, 3 meta, 10 test; needs
   Case00–Case49 (other cases present are left out);
 - ``random``: the same 37/3/10 proportions of any number (≥ 3) of cases, at least one per split, drawn
   from ``SeedSequence(seed, spawn_key=(1,))`` over the sorted ids (independent of listing order);
-- a YAML or JSON file with the keys ``train``, ``meta`` and ``test``, each a non-empty list of case ids.
+- a YAML or JSON file with the keys ``train``, ``meta`` and ``test``, each a non-empty list of case ids
+  (plain file names: :func:`~mlbseg.prep.manifest.check_case_id`).
 
 A split is ``{"train": [...], "meta": [...], "test": [...]}`` with sorted ids; cases in none of the
 three lists are not prepared.
@@ -22,6 +23,7 @@ import numpy as np
 import yaml
 
 from mlbseg.errors import UserError
+from mlbseg.prep.manifest import check_case_id
 
 SPLITS = ("train", "meta", "test")
 PAPER_META = ("Case29", "Case14", "Case05")
@@ -84,7 +86,7 @@ def _read_split_file(path: Path) -> dict:
 
 
 def file_split(path: Path, available: Sequence[str]) -> Split:
-    """Read and validate a split file: known keys, non-empty lists of known, non-repeated ids."""
+    """Read and validate a split file: known keys, non-empty lists of plain, known, non-repeated ids."""
     content = _read_split_file(path)
     unknown_keys = sorted(set(content) - set(SPLITS))
     if unknown_keys:
@@ -96,7 +98,7 @@ def file_split(path: Path, available: Sequence[str]) -> Split:
         ids = content.get(name)
         if not isinstance(ids, list) or not ids or not all(isinstance(case, str) for case in ids):
             raise UserError(f"{path}: '{name}' must be a non-empty list of case ids (strings)")
-        split[name] = sorted(ids)
+        split[name] = sorted(check_case_id(case, path) for case in ids)
     listed = Counter(case for name in SPLITS for case in split[name])
     repeated = sorted(case for case, count in listed.items() if count > 1)
     if repeated:

@@ -1,19 +1,29 @@
-"""Read and write 3-D volumes as (z, y, x) numpy arrays plus their geometry (DESIGN.md §2).
+"""Read and write 3-D volumes as (z, y, x) numpy arrays plus their geometry (docs/design.md §2).
 
-Every volume enters mlbseg through :func:`read_volume` and leaves through :func:`write_volume`, both with
-SimpleITK, for MetaImage (``.mhd``/``.mha``) and NIfTI (``.nii``/``.nii.gz``) alike. SimpleITK returns
-arrays as (z, y, x) (axial slice = ``array[k]``), which is mlbseg's one array convention; nibabel's (x, y, z)
-order never appears inside the package. Geometry follows nnU-Net's convention:
+Every volume enters mlbseg through :func:`read_volume` and leaves through :func:`write_volume`. Headers
+and geometry are read with SimpleITK for MetaImage (``.mhd``/``.mha``) and NIfTI (``.nii``/``.nii.gz``)
+alike, and so are MetaImage voxels; NIfTI voxels are read with nibabel, because SimpleITK's NIfTI reader
+silently sets NaN and inf voxels to 0 and pads a truncated file. Arrays are (z, y, x) (axial slice =
+``array[k]``), SimpleITK's order and mlbseg's one array convention; nibabel's (x, y, z) order is reversed
+on reading and never appears inside the package. Geometry follows nnU-Net's convention:
 
 - ``spacing``: voxel size in mm in **array order (z, y, x)**;
 - ``origin``: world position (mm) of voxel (0, 0, 0) in ITK/LPS **(x, y, z)** order, as in the file header;
 - ``direction``: the 3×3 direction cosine matrix, row-major, 9 floats, ITK/LPS, as in the file header.
 
 ``write_volume(path, array, geometry)`` restores a file with the same header geometry.
+
+Before reading the voxels :func:`read_volume` checks that the file holds as many bytes as its header
+declares (for ``.nii.gz`` the whole decompressed stream, whose CRC is checked on the way; for MetaImage the
+``.raw`` file or the data after an ``.mha`` header, so that MetaIO never prints its own complaint), and
+after reading it refuses NaN and inf voxels. Both are a :class:`~mlbseg.errors.UserError` naming the file.
 """
 
 from __future__ import annotations
 
+import gzip
+import math
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,8 +33,29 @@ import numpy as np
 from mlbseg.errors import UserError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 Geometry = dict[str, list[float]]
+
+SPACING_RTOL = 1e-3
+ORIGIN_TOLERANCE = 1e-2  # of the smallest voxel size
+DIRECTION_ATOL = 1e-4
+# Bytes per component of the MetaImage element types (MetaIO's MET_ValueTypeSize; MET_LONG is 4 bytes).
+_METAIO_BYTES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG": 4,
+    "MET_ULONG": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+_CHUNK = 1 << 20
 
 
 def volume_suffix(path: Path) -> str | None:
@@ -50,11 +81,104 @@ def _open(path: Path) -> Any:
     return reader
 
 
-def _read_image(path: Path) -> Any:
-    """Read with SimpleITK in two steps, so a bad header and bad voxel data get their own message."""
-    reader = _open(path)
+def _decompressed_length(path: Path) -> int:
+    """Length of a gzip file's decompressed stream; a truncated or corrupt stream is a UserError."""
+    length = 0
     try:
-        return reader.Execute()
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(_CHUNK):
+                length += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise UserError(
+            f"{path}: cannot read this volume's voxel data (damaged gzip stream: {err}); copy the file again"
+        ) from None
+    return length
+
+
+def _nifti_extent(path: Path, reader: Any) -> tuple[Path, int, int] | None:
+    """(file, bytes it holds, bytes its header declares: ``vox_offset`` + voxels) of a NIfTI volume.
+
+    For ``.nii.gz`` the bytes held are those of the decompressed stream. None if SimpleITK does not report
+    the header fields needed.
+    """
+    if not all(reader.HasMetaDataKey(key) for key in ("dim[0]", "bitpix", "vox_offset")):
+        return None
+    meta = reader.GetMetaData
+    dims = [int(meta(f"dim[{axis}]")) for axis in range(1, int(meta("dim[0]")) + 1)]
+    declared = int(float(meta("vox_offset"))) + math.prod(dims) * int(meta("bitpix")) // 8
+    held = _decompressed_length(path) if volume_suffix(path) == ".nii.gz" else path.stat().st_size
+    return path, held, declared
+
+
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], int]:
+    """The ``key = value`` lines of a MetaImage header up to ``ElementDataFile``, and the header's length."""
+    fields: dict[str, str] = {}
+    with path.open("rb") as file:
+        while "ElementDataFile" not in fields and (line := file.readline()):
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+        return fields, file.tell()
+
+
+def _metaimage_extent(path: Path) -> tuple[Path, int, int] | None:
+    """(data file, bytes it holds, bytes the header declares) of a MetaImage; None where not checkable.
+
+    Compressed data, file lists and file patterns, and element types outside :data:`_METAIO_BYTES` are
+    left to SimpleITK.
+    """
+    fields, header_length = _metaimage_fields(path)
+    name, item = fields.get("ElementDataFile", ""), _METAIO_BYTES.get(fields.get("ElementType", ""))
+    compressed = fields.get("CompressedData", "False").upper().startswith(("T", "1"))
+    if item is None or compressed or name in ("", "LIST") or "%" in name:
+        return None
+    local = name == "LOCAL"
+    data = path if local else path.parent / name
+    skip = header_length if local else max(0, int(fields.get("HeaderSize", "0")))
+    voxels = math.prod(int(n) for n in fields["DimSize"].split())
+    declared = skip + voxels * int(fields.get("ElementNumberOfChannels", "1")) * item
+    if not data.is_file():
+        raise UserError(f"{path}: cannot read this volume's voxel data (its data file {data} is missing)")
+    return data, data.stat().st_size, declared
+
+
+def _check_complete(path: Path, reader: Any) -> None:
+    """UserError unless the file holds every voxel byte its header declares (SimpleITK would pad it)."""
+    nifti = volume_suffix(path) in NIFTI_SUFFIXES
+    extent = _nifti_extent(path, reader) if nifti else _metaimage_extent(path)
+    if extent is not None and extent[1] < extent[2]:
+        data, held, declared = extent
+        raise UserError(
+            f"{path}: cannot read this volume's voxel data (truncated: {data.name} holds {held} of the "
+            f"{declared} bytes its header declares); copy the file again"
+        )
+
+
+def _nifti_voxels(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A NIfTI file's voxels read with nibabel, in SimpleITK's array ``shape`` and native byte order."""
+    import nibabel as nib
+    from nibabel.filebasedimages import ImageFileError
+
+    try:
+        data = np.asanyarray(nib.load(path, mmap=False).dataobj)
+    except (ImageFileError, OSError, EOFError, ValueError, zlib.error) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(
+            f"{path}: cannot read this volume's voxel data ({reason}); copy the file again"
+        ) from None
+    # nibabel's (x, y, z[, c]) -> (z, y, x) or (c, z, y, x); reshape drops trailing 1-sized axes, as ITK does
+    data = data.T.reshape(shape)
+    return np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
+
+
+def _voxels(path: Path, reader: Any) -> np.ndarray:
+    """All voxels of an opened volume, [Z, Y, X] or [C, Z, Y, X], once the file is known to be complete."""
+    import SimpleITK as sitk
+
+    _check_complete(path, reader)
+    if volume_suffix(path) in NIFTI_SUFFIXES:
+        return _nifti_voxels(path, tuple(int(n) for n in reversed(reader.GetSize())))
+    try:
+        return sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError:
         data = (
             " (missing or truncated .raw data file?)"
@@ -73,6 +197,31 @@ def geometry_of(spacing: Sequence[float], origin: Sequence[float], direction: Se
         "origin": [float(o) for o in origin[:3]],
         "direction": [float(d) for d in matrix.ravel()],
     }
+
+
+def geometry_difference(geometry: Geometry, reference: Geometry) -> str | None:
+    """The first of ``spacing``, ``origin``, ``direction`` in which two grids differ, or None.
+
+    Tolerances: spacing within 0.1% (relative); origin within 1% of the reference's smallest voxel size
+    in every coordinate (a hundredth of a voxel misaligns nothing, yet is far above the float32 rounding
+    of NIfTI headers); direction cosines within 1e-4 (absolute).
+
+    Example:
+        >>> eye = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        >>> grid = {"spacing": [3.0, 0.5, 0.5], "origin": [0.0, 0.0, 0.0], "direction": eye}
+        >>> geometry_difference({**grid, "origin": [0.004, 0.0, 0.0]}, grid) is None
+        True
+        >>> geometry_difference({**grid, "origin": [0.006, 0.0, 0.0]}, grid)
+        'origin'
+    """
+    tolerance = {
+        "spacing": {"rtol": SPACING_RTOL, "atol": 1e-5},
+        "origin": {"rtol": 0.0, "atol": ORIGIN_TOLERANCE * min(reference["spacing"])},
+        "direction": {"rtol": 0.0, "atol": DIRECTION_ATOL},
+    }
+    return next(
+        (key for key, tol in tolerance.items() if not np.allclose(geometry[key], reference[key], **tol)), None
+    )
 
 
 def read_header(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
@@ -94,30 +243,29 @@ def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarra
 
     Returns:
         ``(array, geometry)``: the voxels [Z, Y, X] in the file's own dtype (int16 for PROMISE12 T2, uint8
-        or int8 for its masks), and the geometry described in the module docstring.
+        or int8 for its masks; float for a NIfTI file with an intensity scaling) in native byte order, and
+        the geometry described in the module docstring.
 
     Raises:
-        UserError: missing or unreadable file (bad header, truncated data), not a 3-D (or, with a channel,
-            4-D) scalar volume, no such channel.
+        UserError: missing or unreadable file (bad header, truncated or corrupt data), not a 3-D (or, with
+            a channel, 4-D) scalar volume, no such channel, NaN or inf voxels (in the channel read).
     """
-    import SimpleITK as sitk
-
     path = Path(path)
-    image = _read_image(path)
-    dim = image.GetDimension()
-    if image.GetNumberOfComponentsPerPixel() != 1 or dim not in ((3,) if channel is None else (3, 4)):
+    reader = _open(path)
+    dim, size = reader.GetDimension(), reader.GetSize()
+    if reader.GetNumberOfComponents() != 1 or dim not in ((3,) if channel is None else (3, 4)):
         expected = "a 3-D" if channel is None else "a 3-D or 4-D (multi-channel)"
-        raise UserError(f"{path}: expected {expected} scalar volume, got size {image.GetSize()}")
-    array = sitk.GetArrayFromImage(image)  # [Z, Y, X] or [C, Z, Y, X]
+        raise UserError(f"{path}: expected {expected} scalar volume, got size {size}")
     if dim == 3 and channel not in (None, 0):
         raise UserError(f"{path}: is a 3-D volume with one channel; --channel {channel} does not exist")
+    if dim == 4 and not 0 <= channel < size[3]:  # type: ignore[operator]
+        raise UserError(f"{path}: has {size[3]} channels (0..{size[3] - 1}); got --channel {channel}")
+    array = _voxels(path, reader)  # [Z, Y, X] or [C, Z, Y, X]
     if dim == 4:
-        if not 0 <= channel < array.shape[0]:  # type: ignore[operator]
-            raise UserError(
-                f"{path}: has {array.shape[0]} channels (0..{array.shape[0] - 1}); got --channel {channel}"
-            )
         array = np.ascontiguousarray(array[channel])
-    return array, geometry_of(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{path}: the image contains NaN or inf values; replace them with finite numbers")
+    return array, geometry_of(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
 def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = False) -> None:

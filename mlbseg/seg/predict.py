@@ -5,8 +5,12 @@ exactly as ``mlbseg prepare`` preprocessed the run's training data (the percenti
 volume, the antialiased resize to the run's slice size: :func:`mlbseg.prep.convert.volume_to_slices`),
 predicts every slice, resizes the **probabilities** back to the original in-plane size, thresholds at 0.5
 and writes a 0/1 uint8 mask with the input's size, spacing, origin and direction
-(:func:`~mlbseg.evaluation.write_mask_like`), the protocol of DESIGN.md §5. The slice size, the image
+(:func:`~mlbseg.evaluation.write_mask_like`), the protocol of docs/evaluation.md §1. The slice size, the image
 channel and the normalisation come from the manifest of the prepared dataset the run was trained on.
+
+A folder INPUT is all or nothing: the masks are written into a hidden staging sibling of OUTPUT that is
+renamed into place only after the last one (:func:`predict_all`), so an unreadable volume anywhere in the
+folder leaves no output and an existing OUTPUT as it was.
 """
 
 from __future__ import annotations
@@ -18,12 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlbseg.engine.atomic import atomic_folder, check_target
+from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
+from mlbseg.evaluation.export import write_mask_like
+from mlbseg.evaluation.resample import probabilities_to_original
+from mlbseg.prep.convert import volume_to_slices
 from mlbseg.prep.discovery import MASK_TAG
 from mlbseg.prep.manifest import load_case, load_manifest
 from mlbseg.prep.normalize import NORMALIZATION
-from mlbseg.prep.volumes import volume_suffix
+from mlbseg.prep.volumes import read_volume, volume_suffix
 from mlbseg.seg.config import SegConfig
+from mlbseg.seg.evaluate import load_trained_model
 from mlbseg.seg.inference import predict_probabilities
 
 THRESHOLD = 0.5
@@ -49,9 +59,6 @@ class Predictor:
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
         """Foreground probabilities [Z, Y, X] float32 in [0, 1] of an image [Z, Y, X] (any real dtype)."""
-        from mlbseg.evaluation.resample import probabilities_to_original
-        from mlbseg.prep.convert import volume_to_slices
-
         slices, _ = volume_to_slices(image, self.size)  # [Z, size, size], exactly as `prepare`
         probs = predict_probabilities(self.model, torch.from_numpy(slices).unsqueeze(1).to(self.device))
         return probabilities_to_original(probs.cpu().numpy(), image.shape[1:])
@@ -70,9 +77,6 @@ def load_predictor(
         UserError: No run folder, an unreadable checkpoint, the prepared dataset (default: the run's
             ``data.prepared``) missing, or a normalisation this version does not know.
     """
-    from mlbseg.engine.seeding import resolve_device
-    from mlbseg.seg.evaluate import load_trained_model
-
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     torch_device = resolve_device(device)
@@ -94,44 +98,72 @@ def load_predictor(
 
 def predict_file(predictor: Predictor, image_path: Path, out_path: Path, *, overwrite: bool = False) -> Path:
     """Segment one volume file and write the mask in its geometry (format from ``out_path``'s extension)."""
-    from mlbseg.evaluation.export import write_mask_like
-    from mlbseg.prep.volumes import read_volume
-
     image, _ = read_volume(image_path, predictor.channel)
     return write_mask_like(predictor.mask(image), image_path, out_path, overwrite=overwrite)
 
 
-def plan_outputs(source: Path, target: Path, overwrite: bool) -> list[tuple[Path, Path]]:
-    """(input, output) pairs: one file, or every volume of a folder into ``target`` under the same names.
+def _folder_outputs(source: Path, target: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for every volume of the folder ``source``, the outputs in ``target``."""
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{target}: INPUT is a folder, so OUTPUT must be a folder, but this is a file")
+    real_source, real_target = source.resolve(), target.resolve()
+    if real_target == real_source or real_target in real_source.parents:
+        raise UserError(f"{target}: OUTPUT must not be the INPUT folder {source} or contain it")
+    check_target(target, overwrite)
+    volumes = [
+        path
+        for path in sorted(source.iterdir())
+        if path.is_file() and path.name[0] not in "._" and volume_suffix(path) is not None
+    ]
+    volumes = [path for path in volumes if not path.name[: -len(volume_suffix(path))].endswith(MASK_TAG)]
+    if not volumes:
+        raise UserError(f"{source}: no volumes (.mhd, .mha, .nii, .nii.gz) in this folder")
+    return [(path, target / path.name) for path in volumes]
 
-    A folder's hidden and ``_``-prefixed files and PROMISE12 masks (``*_segmentation.*``) are skipped.
+
+def plan_outputs(source: Path, target: Path, overwrite: bool) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file, or every volume of a folder into the folder ``target``.
+
+    A folder's hidden and ``_``-prefixed files and PROMISE12 masks (``*_segmentation.*``) are skipped. A
+    folder ``target`` is the output as a whole: it must not exist unless ``overwrite``, and then it is
+    replaced (:func:`predict_all`).
 
     Raises:
-        UserError: Missing input, an empty folder, a file as target of a folder, or an existing output
-            without ``overwrite`` (all checked before anything is written).
+        UserError: Missing input, an empty folder, a file as target of a folder, a target that is or holds
+            the input, or an existing output without ``overwrite`` (all checked before anything is written).
     """
     if not source.exists():
         raise UserError(f"{source}: no such file or folder")
     if source.is_dir():
-        if target.exists() and not target.is_dir():
-            raise UserError(f"{target}: INPUT is a folder, so OUTPUT must be a folder, but this is a file")
-        volumes = [
-            path
-            for path in sorted(source.iterdir())
-            if path.is_file() and path.name[0] not in "._" and volume_suffix(path) is not None
-        ]
-        volumes = [path for path in volumes if not path.name[: -len(volume_suffix(path))].endswith(MASK_TAG)]
-        if not volumes:
-            raise UserError(f"{source}: no volumes (.mhd, .mha, .nii, .nii.gz) in this folder")
-        pairs = [(path, target / path.name) for path in volumes]
-    else:
-        pairs = [(source, target)]
-    for image, out in pairs:
-        if out.resolve() == image.resolve():
-            raise UserError(f"{out}: OUTPUT would replace the input volume; choose another output")
-        if out.exists() and not overwrite:
-            raise UserError(f"{out}: already exists; pass --overwrite to replace it")
-    return pairs
+        return _folder_outputs(source, target, overwrite)
+    if target.resolve() == source.resolve():
+        raise UserError(f"{target}: OUTPUT would replace the input volume; choose another output")
+    if target.exists() and not overwrite:
+        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    return [(source, target)]
+
+
+def predict_all(
+    predictor: Predictor,
+    source: Path,
+    target: Path,
+    pairs: list[tuple[Path, Path]],
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Write the masks of :func:`plan_outputs`: one file atomically, or a whole folder all or nothing.
+
+    A folder's masks go into a hidden staging sibling of ``target``, renamed to ``target`` after the last
+    one (:func:`~mlbseg.engine.atomic.atomic_folder`); on any error the staging folder is removed and an
+    existing ``target`` is untouched. With ``overwrite`` an existing ``target`` is replaced only once the
+    new one is complete.
+    """
+    if not source.is_dir():
+        predict_file(predictor, *pairs[0], overwrite=overwrite)
+        return
+    with atomic_folder(target, overwrite) as staging:
+        for image, out in pairs:
+            predict_file(predictor, image, staging / out.name)
 
 
 def case_layers(predictor: Predictor, prepared: Path, case_id: str, noisy_key: str | None) -> dict[str, Any]:
@@ -159,64 +191,3 @@ def case_layers(predictor: Predictor, prepared: Path, case_id: str, noisy_key: s
         "noisy": arrays[noisy_key] if noisy_key is not None else None,
         "prediction": (probs > THRESHOLD).astype(np.uint8),
     }
-
-
-def write_overlays(
-    run_dir: Path,
-    *,
-    cases: list[str],
-    slices: list[int],
-    split: str = "test",
-    checkpoint: str = "final",
-    out: Path | None = None,
-    device: str = "auto",
-    overwrite: bool = False,
-) -> list[Path]:
-    """Figure-5 overlays of prepared cases at the prepared size, one PNG per case.
-
-    Test cases show the reference (red) and the prediction (cyan); train cases add the run's noisy label
-    (yellow), as in the paper's Figure 5. Default cases: the first three of ``split``; default slices:
-    :func:`~mlbseg.figures.overlay.default_slices`; default files: ``RUN_DIR/figures/overlay_<case>.png``.
-
-    Raises:
-        UserError: Unknown split or case, ``out`` with several cases, a slice out of range, an existing PNG
-            without ``overwrite`` (checked before drawing).
-    """
-    from mlbseg.figures.overlay import default_slices, overlay_figure
-    from mlbseg.seg.data import split_cases
-
-    if split not in ("train", "test"):
-        raise UserError(f"--split: {split!r} is not a split to draw; use test or train")
-    predictor = load_predictor(run_dir, checkpoint, None, device)
-    prepared = Path(predictor.cfg.data.prepared)
-    available = split_cases(prepared, split)
-    chosen = list(cases) or available[:3]
-    unknown = [case for case in chosen if case not in available]
-    if unknown:
-        raise UserError(f"--cases: {', '.join(unknown)} not in the {split} split of {prepared}: {available}")
-    if out is not None and len(chosen) != 1:
-        raise UserError("--out: names one PNG; choose one case with --cases, or leave --out out")
-    targets = [out] if out is not None else [run_dir / "figures" / f"overlay_{case}.png" for case in chosen]
-    for target in targets:
-        if target.exists() and not overwrite:
-            raise UserError(f"{target}: already exists; pass --overwrite to replace it")
-    noise = predictor.cfg.data.noise
-    noisy_key = f"noisy_{noise}" if split == "train" and noise != "clean" else None
-    for case, target in zip(chosen, targets, strict=True):
-        layers = case_layers(predictor, prepared, case, noisy_key)
-        shown = slices or default_slices(layers["reference"])
-        bad = [k for k in shown if not 0 <= k < len(layers["image"])]
-        if bad:
-            raise UserError(f"--slices: {bad} out of range for {case} (slices 0..{len(layers['image']) - 1})")
-        titles = [f"{case} z={k}" for k in shown]
-        overlay_figure(
-            layers["image"],
-            layers["reference"],
-            layers["noisy"],
-            layers["prediction"],
-            target,
-            shown,
-            titles,
-            overwrite=overwrite,
-        )
-    return targets

@@ -264,3 +264,37 @@ def test_predict_a_folder_and_refuse_to_overwrite(trained, tmp_path):
     onto_input = _invoke("predict", run, inputs / "other.nii.gz", inputs / "other.nii.gz", "--overwrite")
     assert onto_input.exit_code == 2
     assert "replace the input" in onto_input.output
+
+
+@pytest.mark.slow
+def test_predict_a_folder_with_a_corrupt_volume_writes_nothing(trained, tmp_path):
+    raw, _, run = trained
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("Case01.mhd", "Case01.raw"):
+        shutil.copy(raw / name, inputs / name)
+    _oblique_copy(raw / "Case02.mhd", inputs / "other.nii.gz")
+    (inputs / "other.nii.gz").write_bytes((inputs / "other.nii.gz").read_bytes()[:-50])  # truncated
+    result = _invoke("predict", run, inputs, out, "--device", "cpu")
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "other.nii.gz: cannot read this volume's voxel data" in lines[0]
+    assert "wrote" not in result.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in"]  # no mask, no staging folder
+    out.mkdir()
+    (out / "Case01.mhd").write_text("an earlier mask")
+    again = _invoke("predict", run, inputs, out, "--device", "cpu", "--overwrite")
+    assert again.exit_code == 2
+    assert sorted(path.name for path in out.iterdir()) == ["Case01.mhd"]
+    assert (out / "Case01.mhd").read_text() == "an earlier mask"
+
+
+def test_predict_refuses_an_output_folder_that_holds_the_input(tmp_path):
+    inputs = tmp_path / "data" / "in"
+    inputs.mkdir(parents=True)
+    (inputs / "a.nii.gz").write_bytes(b"")
+    result = _invoke("predict", tmp_path / "no-run", inputs, tmp_path / "data", "--overwrite")
+    assert result.exit_code == 2
+    assert "OUTPUT must not be the INPUT folder" in result.output
+    assert (inputs / "a.nii.gz").exists()

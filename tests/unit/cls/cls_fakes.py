@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ from PIL import Image
 ISIC_HEADER = "image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK"
 
 
-def write_cifar10(root: Path, per_batch: int = 60, test_size: int = 50, seed: int = 0) -> Path:
+def write_cifar10(
+    root: Path,
+    per_batch: int = 60,
+    test_size: int = 50,
+    seed: int = 0,
+    protocol: int = pickle.DEFAULT_PROTOCOL,
+) -> Path:
     """cifar-10-batches-py: 5 training batches of ``per_batch`` images (balanced labels) and a test batch."""
     rng = np.random.default_rng(seed)
     folder = root / "cifar-10-batches-py"
@@ -21,8 +28,47 @@ def write_cifar10(root: Path, per_batch: int = 60, test_size: int = 50, seed: in
         n = test_size if name == "test_batch" else per_batch
         labels = rng.permutation(np.arange(k, k + n) % 10).tolist()
         batch = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": labels}
-        (folder / name).write_bytes(pickle.dumps(batch))
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=protocol))
     return root
+
+
+def with_numpy1_paths(blob: bytes) -> bytes:
+    """A protocol 0–3 pickle (text GLOBAL opcodes) as numpy 1 writes it: ``numpy.core``, not ``_core``."""
+    return blob.replace(b"numpy._core.", b"numpy.core.")
+
+
+def _py2_str(value: bytes) -> bytes:
+    return b"T" + struct.pack("<I", len(value)) + value  # BINSTRING: a Python 2 str
+
+
+def _py2_int(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)  # BININT
+
+
+def _py2_array(array: np.ndarray) -> bytes:
+    """A 2-D uint8 array as numpy 1 under Python 2 reduced it: _reconstruct, then __setstate__."""
+    dtype = b"cnumpy\ndtype\n" + _py2_str(b"u1") + _py2_int(0) + _py2_int(1) + b"\x87R"  # dtype('u1', 0, 1)
+    dtype += b"(" + _py2_int(3) + _py2_str(b"|") + b"NNN" + _py2_int(-1) + _py2_int(-1) + _py2_int(0) + b"tb"
+    empty = (
+        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_int(0) + b"\x85" + _py2_str(b"b")
+    )
+    shape = _py2_int(array.shape[0]) + _py2_int(array.shape[1]) + b"\x86"
+    state = b"(" + _py2_int(1) + shape + dtype + b"\x89" + _py2_str(array.tobytes()) + b"tb"
+    return empty + b"\x87R" + state
+
+
+def python2_pickle(batch: dict[str, np.ndarray | list[int] | bytes]) -> bytes:
+    """``batch`` as Python 2's cPickle (protocol 2) wrote the original CIFAR files: str as BINSTRING."""
+    items = b""
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray):
+            encoded = _py2_array(value)
+        elif isinstance(value, bytes):
+            encoded = _py2_str(value)
+        else:
+            encoded = b"](" + b"".join(_py2_int(v) for v in value) + b"e"
+        items += _py2_str(key.encode()) + encoded
+    return b"\x80\x02}(" + items + b"u."
 
 
 def write_cifar100(root: Path, per_class: int = 4, seed: int = 0) -> tuple[Path, np.ndarray]:

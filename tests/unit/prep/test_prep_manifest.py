@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mlbseg.errors import UserError
-from mlbseg.prep.manifest import FORMAT_VERSION, load_case, load_manifest, save_npz, write_manifest
+from mlbseg.prep.manifest import (
+    FORMAT_VERSION,
+    case_path,
+    load_case,
+    load_manifest,
+    save_npz,
+    write_manifest,
+)
 
 
 def test_npz_is_plain_numpy_and_byte_identical(tmp_path):
@@ -52,3 +59,43 @@ def test_load_manifest_errors(tmp_path):
     write_manifest(tmp_path, {"format_version": FORMAT_VERSION, "cases": {}})
     assert load_manifest(tmp_path) == {"format_version": FORMAT_VERSION, "cases": {}}
     assert json.loads((tmp_path / "manifest.json").read_text())["format_version"] == FORMAT_VERSION
+
+
+ESCAPING_IDS = ["../outside", "..", ".", "", "/etc/passwd", "sub/Case00", "sub\\Case00", "Case\x0000", 7]
+
+
+@pytest.mark.parametrize("case_id", ESCAPING_IDS)
+def test_case_path_refuses_ids_that_leave_the_cases_folder(tmp_path, case_id):
+    with pytest.raises(UserError, match=r"manifest\.json: case id .* is not a plain file name") as error:
+        case_path(tmp_path, case_id)
+    assert repr(case_id) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "case_id"),
+    [("split", case_id) for case_id in ESCAPING_IDS]
+    + [("cases", case_id) for case_id in ESCAPING_IDS if isinstance(case_id, str)],  # JSON keys are str
+)
+def test_load_manifest_refuses_ids_that_leave_the_cases_folder(tmp_path, where, case_id):
+    content = {"cases": {case_id: {}}} if where == "cases" else {"split": {"test": ["Case00", case_id]}}
+    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, **content})
+    with pytest.raises(UserError, match=r"manifest\.json: case id .* is not a plain file name") as error:
+        load_manifest(tmp_path)
+    assert repr(case_id) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content", [{"cases": ["Case00"]}, {"split": ["Case00"]}, {"split": {"test": "Case00"}}]
+)
+def test_load_manifest_refuses_malformed_case_lists(tmp_path, content):
+    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, **content})
+    with pytest.raises(UserError, match=r"manifest\.json: 'cases' must map ids"):
+        load_manifest(tmp_path)
+
+
+def test_plain_ids_are_accepted(tmp_path):
+    split = {"train": ["Case00", "prostate_02"], "meta": ["a.b"], "test": ["..x"]}
+    write_manifest(tmp_path, {"format_version": FORMAT_VERSION, "split": split, "cases": {"Case00": {}}})
+    assert load_manifest(tmp_path)["split"] == split
+    assert case_path(tmp_path, "..x") == tmp_path / "cases" / "..x.npz"

@@ -82,3 +82,15 @@ def test_unreadable_or_missing_split_file(tmp_path):
         make_split(str(tmp_path / "bad.yaml"), ["c0"], seed=0)
     with pytest.raises(UserError, match="expected 'paper', 'random' or a YAML/JSON split file"):
         make_split("papr", ["c0"], seed=0)
+
+
+@pytest.mark.parametrize("case_id", ["../c0", "..", ".", "", "/abs/c0", "sub/c0", "sub\\c0", "c\x000"])
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_split_files_refuse_ids_that_escape_their_folder(tmp_path, case_id, suffix):
+    path = tmp_path / f"split{suffix}"
+    path.write_text(json.dumps({"train": ["c0"], "meta": ["c1"], "test": ["c2", case_id]}))  # JSON is YAML
+    with pytest.raises(UserError) as error:
+        make_split(str(path), ["c0", "c1", "c2", case_id], seed=0)  # even if such a case were available
+    message = str(error.value)
+    assert message.startswith(f"{path}: case id {case_id!r} is not a plain file name")
+    assert "\n" not in message

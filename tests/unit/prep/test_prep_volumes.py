@@ -68,7 +68,8 @@ def test_truncated_raw_and_bad_header_are_user_errors_naming_the_file(tmp_path):
     raw = tmp_path / "v.raw"
     raw.write_bytes(raw.read_bytes()[:100])
     with pytest.raises(
-        UserError, match=r"v\.mhd: cannot read this volume.s voxel data \(missing or truncated \.raw"
+        UserError,
+        match=r"v\.mhd: cannot read this volume.s voxel data \(truncated: v\.raw holds 100 of the 512 bytes",
     ):
         read_volume(tmp_path / "v.mhd")
     (tmp_path / "w.mhd").write_text("this is not a MetaImage header\n")
