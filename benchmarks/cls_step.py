@@ -31,7 +31,9 @@ def measure(method: str, engine: str, args: argparse.Namespace, device: torch.de
     torch.manual_seed(0)
     model = build_classifier("preact_resnet18", 10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    step = ClassificationStep(model, optimizer, MethodConfig(name=method, engine=engine), 0.25, seed=0)
+    step = ClassificationStep(
+        model, optimizer, method=MethodConfig(name=method, engine=engine), grad_clip_norm=0.25, seed=0
+    )
     images = torch.randn(args.batch, 3, 32, 32, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
     meta = (

@@ -8,12 +8,13 @@ it already holds a prepared dataset). Modes, on the shipped configs with noise L
 - ``mlbseg_forward``: ``configs/seg/promise12_mlbseg.yaml`` (views, consistency, EMA, meta-batch step);
 - ``mlbseg_lookahead``: the same with ``method.engine=lookahead`` (the reference's second-order form).
 
-Each mode runs in a fresh process through the real trainer (``SegmentationRun.train_epoch``): one short
-untimed epoch (``--warmup`` steps: kernel selection, lazy initialisation, compilation), then a timed
-epoch of ``S = --epochs-fraction x steps per epoch`` steps, then the validation alone. Seconds per epoch =
-(timed - validation) / S x steps per epoch + validation. Peak memory: ``torch.cuda.max_memory_allocated``
-during the timed epoch (on the CPU: the process's peak RSS). The projection of a full run is 100 x the
-MLB-Seg (forward) seconds per epoch; the target on one H200 is under 30 minutes.
+Each mode runs in a fresh process through the real task run (``SegmentationRun``, stepped as the training
+engine steps it): one short untimed epoch (``--warmup`` steps: kernel selection, lazy initialisation,
+compilation), then a timed epoch of ``S = --epochs-fraction x steps per epoch`` steps, then the validation
+alone. Seconds per epoch = (timed - validation) / S x steps per epoch + validation. Peak memory:
+``torch.cuda.max_memory_allocated`` during the timed epoch (on the CPU: the process's peak RSS). The
+projection of a full run is 100 x the MLB-Seg (forward) seconds per epoch; the target on one H200 is under 30
+minutes.
 
 On CUDA the table replaces the "gpu_train" section of docs/performance.md (``--no-write`` to skip). The
 CPU is refused unless ``--allow-cpu``; ``--allow-cpu --epochs-fraction 0.02`` is a smoke check of this
@@ -26,7 +27,6 @@ Usage: ``python benchmarks/gpu_train.py [--epochs-fraction 1.0] [--data DIR] [--
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -80,25 +80,32 @@ def peak_mib(cuda: bool) -> float:
 
 
 def build_run(mode: str, args: argparse.Namespace):
-    """The mode's :class:`SegmentationRun` on the prepared phantoms."""
+    """The mode's :class:`SegmentationRun` on the prepared phantoms, as the training engine builds it."""
     from mlbseg.config import load_config
+    from mlbseg.engine.distributed import SINGLE
+    from mlbseg.engine.seeding import amp_dtype_for, resolve_device, seed_everything
+    from mlbseg.engine.trainer import Runtime
     from mlbseg.seg.config import SegConfig
     from mlbseg.seg.trainer import SegmentationRun
 
     config, overrides = MODES[mode]
     cfg = load_config(SegConfig, ROOT / config, [f"data.prepared={args.data}", *overrides, *args.set])
-    return SegmentationRun(cfg)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    amp_dtype = amp_dtype_for(device) if cfg.train.amp else None
+    return SegmentationRun(
+        cfg, Runtime(device, SINGLE, amp_dtype, Path(tempfile.gettempdir()))
+    )  # never written
 
 
 def run_epoch(run, steps: int) -> float:
-    """Wall seconds of one ``train_epoch`` of ``steps`` steps (validation included)."""
-    from mlbseg.engine.fit import QuietLogbook
-
-    # NOTE: the trainer reads train.steps_per_epoch from its config; a benchmark may swap the config.
-    run.cfg = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, steps_per_epoch=steps))
+    """Wall seconds of ``steps`` training steps and the end-of-epoch validation."""
     synchronize()
     started = time.perf_counter()
-    run.train_epoch(QuietLogbook())
+    run.begin_epoch(run.cfg.method.warmup_epochs)  # meta-weighted steps for the methods that have them
+    for _ in range(steps):
+        run.train_step()
+    run.end_epoch()
     synchronize()
     return time.perf_counter() - started
 
@@ -111,7 +118,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
 
     cuda = torch.cuda.is_available()
     run = build_run(mode, args)
-    steps_per_epoch = run.steps_per_epoch
+    steps_per_epoch = run.steps_in_epoch(0)
     timed_steps = max(1, round(args.epochs_fraction * steps_per_epoch))
     run_epoch(run, args.warmup)
     if cuda:

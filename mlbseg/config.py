@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.errors import UserError
 
 T = TypeVar("T")
@@ -46,15 +45,14 @@ def load_config(schema: type[T], path: str | Path | None, overrides: Sequence[st
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
-        _assign(values, key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None)
+        _assign(values, key.strip().split("."), _parse_value(item, raw))
         source = f"{source} (with --set)"
     return _build(schema, values, prefix="", source=source)
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    """Write ``config`` as YAML that :func:`load_config` reads back to an equal object."""
-    text = yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
-    write_text_atomic(path, text)
+def config_text(config: Any) -> str:
+    """``config`` as YAML that :func:`load_config` reads back to an equal object."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -75,11 +73,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _parse_value(item: str, raw: str) -> Any:
+    """The YAML value of one ``--set KEY=VALUE`` (empty = null)."""
+    if not raw.strip():
+        return None
     try:
-        loaded = yaml.safe_load(path.read_text())
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise UserError(f"--set {item!r}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give the config file (YAML)")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{path}: not a text file; give the config file (YAML)") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the config file ({err.strerror})") from None
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
     if loaded is None:
@@ -158,3 +172,30 @@ def _coerce(hint: Any, value: Any, key: str, source: str) -> Any:
             return value
         raise UserError(f"{source}: '{key}' must be a string, got {value!r}")
     raise TypeError(f"unsupported config field type {hint!r} for '{key}'")
+
+
+def check_range(
+    key: str, value: float | None, low: float | None = None, high: float | None = None, *, strict: str = ""
+) -> None:
+    """UserError unless ``low ≤ value ≤ high`` (a None ``value`` passes: the key is unset).
+
+    ``strict`` names the bounds that are excluded: ``"low"``, ``"high"`` or ``"both"``.
+
+    Example:
+        >>> check_range("optim.momentum", 0.9, 0.0, 1.0, strict="high")
+        >>> check_range("train.epochs", 0, 1)
+        Traceback (most recent call last):
+        mlbseg.errors.UserError: train.epochs: must be 1 or more, got 0
+    """
+    if value is None:
+        return
+    low_ok = low is None or (value > low if strict in ("low", "both") else value >= low)
+    high_ok = high is None or (value < high if strict in ("high", "both") else value <= high)
+    if low_ok and high_ok:
+        return
+    if high is None:
+        bound = f"above {low:g}" if strict in ("low", "both") else f"{low:g} or more"
+        raise UserError(f"{key}: must be {bound}, got {value!r}")
+    left = "(" if strict in ("low", "both") else "["
+    right = ")" if strict in ("high", "both") else "]"
+    raise UserError(f"{key}: must be in {left}{low:g}, {high:g}{right}, got {value!r}")

@@ -31,6 +31,9 @@ def train(
         None, "--run-dir", help="Output folder; default runs/<name>-<method>-seed<seed>."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --run-dir."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run in --run-dir (only once the new run has started)."
+    ),
 ) -> None:
     """Train a classifier on noisy labels: baseline, l2rw or l2b (method.name)."""
     from mlbseg.cls.config import ClsConfig
@@ -39,7 +42,7 @@ def train(
     cfg = load_config(ClsConfig, config, overrides)
     from mlbseg.cls.trainer import train as run_training
 
-    folder = run_training(cfg, run_dir, resume=resume)
+    folder = run_training(cfg, run_dir, resume=resume, overwrite=overwrite)
     typer.echo(f"finished: {folder}")
 
 

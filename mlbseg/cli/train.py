@@ -1,4 +1,4 @@
-"""``mlbseg train``: one segmentation run from a YAML config (DESIGN.md §4)."""
+"""``mlbseg train``: one segmentation run from a YAML config (docs/design.md §4)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ def train(
         None, "--run-dir", help="Output folder; default runs/<name>-<noise>-seed<seed>."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --run-dir."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the run in --run-dir (only once the new run has started)."
+    ),
 ) -> None:
     """Train UNet++ on noisy masks: baseline, l2rw or MLB-Seg (method.name)."""
     from mlbseg.config import load_config
@@ -24,5 +27,5 @@ def train(
     cfg = load_config(SegConfig, config, overrides)
     from mlbseg.seg.trainer import train as run_training
 
-    folder = run_training(cfg, run_dir, resume=resume)
+    folder = run_training(cfg, run_dir, resume=resume, overwrite=overwrite)
     typer.echo(f"finished: {folder}")

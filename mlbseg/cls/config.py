@@ -1,9 +1,9 @@
 """The classification run config (``mlbseg classify train CONFIG``): schema, checks and dataset options.
 
-Defaults are neutral; the paper's recipes (REFERENCE.md §1.1) live in ``configs/cls/*.yaml``. The ``data``
-section names the dataset and only the builder options a YAML sets: a ``None`` key means "the builder's own
-default" (:func:`mlbseg.cls.datasets.build_datasets`), and a key the dataset does not take is an error
-(:func:`check_config`), so a Clothing1M option cannot be silently ignored on CIFAR.
+Defaults are neutral; the paper's recipes (docs/reference.md §1.1) live in ``configs/cls/*.yaml``. The
+``data`` section names the dataset and only the builder options a YAML sets: a ``None`` key means "the
+builder's own default" (:func:`mlbseg.cls.datasets.build_datasets`), and a key the dataset does not take is an
+error (:func:`check_config`), so a Clothing1M option cannot be silently ignored on CIFAR.
 """
 
 from __future__ import annotations
@@ -11,13 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from mlbseg.config import choice
-from mlbseg.engine.config import OptimConfig, ScheduleConfig
+from mlbseg.cls.datasets import DATASETS, dataset_options
+from mlbseg.cls.models import ARCHS
+from mlbseg.config import check_range, choice
+from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
 from mlbseg.errors import UserError
+from mlbseg.meta import resolve_normalizer_name
 
-DATASETS = ("cifar10", "cifar100", "clothing1m", "isic2019")
-ARCHS = ("preact_resnet18", "resnet18", "resnet50")
-METHODS = ("baseline", "l2rw", "l2b")
+# The registry of training methods: ``method.name`` → (α from the meta engine, β for the pseudo-label).
+METHODS: dict[str, tuple[bool, bool]] = {
+    "baseline": (False, False),  # mean CE on the noisy labels
+    "l2rw": (True, False),  # per-sample α (Ren et al., 2018)
+    "l2b": (True, True),  # α and β (Zhou et al., L2B)
+}
 NOT_BUILDER_OPTIONS = ("dataset", "root")
 
 
@@ -25,7 +31,7 @@ NOT_BUILDER_OPTIONS = ("dataset", "root")
 class DataConfig:
     """The dataset and its builder options; ``None`` = the builder's default (see the module docstring)."""
 
-    dataset: str = choice("cifar10", DATASETS)
+    dataset: str = choice("cifar10", tuple(DATASETS))
     root: str = "data/cifar10"  # the dataset's folder in its native layout; nothing is downloaded
     noise: str | None = None  # cifar/isic: none, l2b_unif, l2b_flip, symmetric, asymmetric, pairflip
     noise_rate: float | None = None  # the scheme's parameter (l2b_unif: expected rate p·(K−1)/K)
@@ -43,7 +49,7 @@ class DataConfig:
 class ModelConfig:
     """The network (:func:`mlbseg.cls.models.build_classifier`)."""
 
-    arch: str = choice("preact_resnet18", ARCHS)
+    arch: str = choice("preact_resnet18", tuple(ARCHS))
     weights: str | None = None  # local torchvision ImageNet state dict (resnet18/50); nothing is downloaded
 
 
@@ -51,13 +57,13 @@ class ModelConfig:
 class MethodConfig:
     """The method switch and the meta engine's settings.
 
-    ``baseline``: mean CE on the noisy labels. ``l2rw``: per-sample α from the meta engine (Ren et al.
-    2018). ``l2b``: α for the noisy label and β for the model's argmax pseudo-label (the paper).
-    ``mixup`` (the reference's ``--mixup``, REFERENCE.md §1.3) mixes every training batch of every method;
-    with l2rw/l2b the noisy-label cost ``λ·CE(y) + (1−λ)·CE(y[π])`` is what the engine weights.
+    ``baseline``: mean CE on the noisy labels. ``l2rw``: per-sample α from the meta engine (Ren et al. 2018).
+    ``l2b``: α for the noisy label and β for the model's argmax pseudo-label (the paper). ``mixup`` (the
+    reference's ``--mixup``, docs/reference.md §1.3) mixes every training batch of every method; with l2rw/l2b
+    the noisy-label cost ``λ·CE(y) + (1−λ)·CE(y[π])`` is what the engine weights.
     """
 
-    name: str = choice("l2b", METHODS)
+    name: str = choice("l2b", tuple(METHODS))
     engine: str = choice("forward", ("forward", "lookahead"))  # exact first-order form, or the reference's
     normalize: str = "org"  # mlbseg.meta normaliser: org (clamp_sum), softmax (over the batch, /T), sigmoid
     temperature: float = 1.0  # divides the scores of softmax/sigmoid (the reference's ISIC: 10)
@@ -69,12 +75,12 @@ class MethodConfig:
     @property
     def uses_meta_weights(self) -> bool:
         """α (and β) come from the meta engine after warm-up: l2rw and l2b."""
-        return self.name in ("l2rw", "l2b")
+        return METHODS[self.name][0]
 
     @property
     def uses_pseudo_labels(self) -> bool:
         """β weights the argmax pseudo-label: l2b only."""
-        return self.name == "l2b"
+        return METHODS[self.name][1]
 
 
 @dataclass(frozen=True)
@@ -89,6 +95,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast for the real forward on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model for the real steps (the meta engine stays eager)
     deterministic: bool = True  # deterministic kernels: --resume reproduces an uninterrupted run
     log_every: int = 50  # steps between progress/TensorBoard updates (the only host syncs in a step)
     log_weights_for: int = 0  # track α/β of this many training samples → weights/epoch_XXX.npz (Fig. 4)
@@ -116,8 +123,6 @@ def dataset_kwargs(cfg: ClsConfig) -> dict[str, Any]:
     Raises:
         UserError: A set ``data`` key that the dataset does not take (the message lists those it does).
     """
-    from mlbseg.cls.datasets import dataset_options
-
     accepted = dataset_options(cfg.data.dataset)
     options = {
         f.name: getattr(cfg.data, f.name)
@@ -137,44 +142,27 @@ def dataset_kwargs(cfg: ClsConfig) -> dict[str, Any]:
 
 
 def check_config(cfg: ClsConfig) -> None:
-    """Checks beyond the schema's types (cross-key rules, ranges), done before anything is built.
+    """Checks beyond the schema's types (ranges, names, cross-key rules), before anything is read or built.
 
     Raises:
         UserError: Naming the key and what to do.
     """
+    check_shared_sections(cfg)
     dataset_kwargs(cfg)
-    method = cfg.method
-    from mlbseg.meta import resolve_normalizer_name
-
+    method, train = cfg.method, cfg.train
     try:
         resolve_normalizer_name(method.normalize, "ce")
     except ValueError as err:
         raise UserError(f"method.normalize: {err}") from None
-    _check_ranges(cfg)
-
-
-def _check_ranges(cfg: ClsConfig) -> None:
-    method = cfg.method
-    positive = {
-        "train.epochs": cfg.train.epochs,
-        "train.batch_size": cfg.train.batch_size,
-        "train.eval_batch_size": cfg.train.eval_batch_size,
-        "train.log_every": cfg.train.log_every,
-        "method.meta_batch_size": method.meta_batch_size,
-        "method.temperature": method.temperature,
-        "method.mixup_alpha": method.mixup_alpha,
-        "optim.lr": cfg.optim.lr,
-    }
-    if cfg.train.steps_per_epoch is not None:
-        positive["train.steps_per_epoch"] = cfg.train.steps_per_epoch
-    for key, value in positive.items():
-        if value <= 0:
-            raise UserError(f"{key}: must be positive, got {value}")
-    non_negative = {
-        "train.num_workers": cfg.train.num_workers,
-        "train.log_weights_for": cfg.train.log_weights_for,
-        "method.warmup_epochs": method.warmup_epochs,
-    }
-    for key, value in non_negative.items():
-        if value < 0:
-            raise UserError(f"{key}: must be 0 or more, got {value}")
+    check_range("train.eval_batch_size", train.eval_batch_size, 1)
+    check_range("train.num_workers", train.num_workers, 0)
+    check_range("train.log_weights_for", train.log_weights_for, 0)
+    check_range("method.meta_batch_size", method.meta_batch_size, 1)
+    check_range("method.temperature", method.temperature, 0.0, strict="low")
+    check_range("method.mixup_alpha", method.mixup_alpha, 0.0, strict="low")
+    check_range("method.warmup_epochs", method.warmup_epochs, 0)
+    data = cfg.data
+    check_range("data.noise_rate", data.noise_rate, 0.0, 1.0)
+    check_range("data.test_fraction", data.test_fraction, 0.0, 1.0, strict="both")
+    for key in ("num_meta", "num_batches", "meta_per_class"):
+        check_range(f"data.{key}", getattr(data, key), 1)

@@ -1,7 +1,7 @@
 """Test accuracy of a classification model: every epoch during training, and ``mlbseg classify evaluate``.
 
-As in the paper, the reported number is top-1 accuracy on the clean test set (REFERENCE.md §1.6), but with
-no model selection on it: ``evaluate`` scores the checkpoint the user names, ``final`` (the last epoch's
+As in the paper, the reported number is top-1 accuracy on the clean test set (docs/reference.md §1.6), but
+with no model selection on it: ``evaluate`` scores the checkpoint the user names, ``final`` (the last epoch's
 weights) by default, and writes ``RUN_DIR/summary.json``.
 """
 
@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from mlbseg.cls.config import ClsConfig, dataset_kwargs
+from mlbseg.cls.datasets import build_datasets
+from mlbseg.cls.models import build_classifier
 from mlbseg.engine.atomic import write_atomic
 from mlbseg.engine.checkpoint import load_run_checkpoint
 from mlbseg.engine.seeding import amp_dtype_for, resolve_device
@@ -66,8 +68,6 @@ def load_trained_model(
     run_dir: Path, checkpoint: str, device: torch.device
 ) -> tuple[ClsConfig, torch.nn.Module, dict[str, Any]]:
     """The run's config and its model with the weights of ``checkpoint`` (final, last or a path)."""
-    from mlbseg.cls.models import build_classifier
-
     cfg, state = load_run_checkpoint(ClsConfig, run_dir, checkpoint, map_location=device)
     num_classes = state.get("num_classes") or state["model"][_head_key(state["model"])].shape[0]
     model = build_classifier(cfg.model.arch, num_classes).to(device)  # weights come from the checkpoint
@@ -101,8 +101,6 @@ def evaluate_run(
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         num_workers: DataLoader workers; default: the run's ``train.num_workers``.
     """
-    from mlbseg.cls.datasets import build_datasets
-
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     torch_device = resolve_device(device)

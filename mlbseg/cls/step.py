@@ -1,4 +1,4 @@
-"""One classification training iteration for every method (REFERENCE.md §1.3, DESIGN.md §3).
+"""One classification training iteration for every method (docs/reference.md §1.3, docs/design.md §3).
 
 ``l2b``: real forward → argmax pseudo-labels ŷ (detached) → α, β from the meta engine on a clean meta batch
 → loss ``Σ α·CE(y) + β·CE(ŷ)`` → clipped SGD step. ``l2rw`` drops β. ``baseline`` (and every method during
@@ -8,7 +8,7 @@ The reference's optional mixup works with every method: λ ~ Beta(a, a) per batc
 images ``λ·x + (1−λ)·x[π]``. The mean CE becomes ``λ·CE(y) + (1−λ)·CE(y[π])``; with meta-weighting the
 noisy-label cost of sample i becomes ``λ·CE_i(y) + (1−λ)·CE_i(y[π])``, given to the engine as the soft
 targets ``λ·onehot(y) + (1−λ)·onehot(y[π])`` ``[N, K]``, while ŷ is the argmax on the mixed batch and the
-meta batch is not mixed (REFERENCE.md §1.3 steps 1 and 4c).
+meta batch is not mixed (docs/reference.md §1.3 steps 1 and 4c).
 Everything stays on the training device; nothing here reads a value back to the host.
 """
 
@@ -25,6 +25,7 @@ from torch import Tensor
 
 from mlbseg.cls.config import MethodConfig
 from mlbseg.engine.atomic import write_atomic
+from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.optim import apply_update, autocast_to
 from mlbseg.engine.seeding import make_generator
 from mlbseg.meta import bootstrap_weights
@@ -55,14 +56,18 @@ class ClassificationStep:
     def __init__(
         self,
         model: torch.nn.Module,
-        optimizer: torch.optim.SGD,
+        optimizer: torch.optim.Optimizer,
+        *,
         method: MethodConfig,
         grad_clip_norm: float | None,
         seed: int,
         amp_dtype: torch.dtype | None = None,
+        dist: Distributed = SINGLE,
+        compile_model: bool = False,
     ) -> None:
         self.model, self.optimizer, self.method = model, optimizer, method
-        self.grad_clip_norm, self.amp_dtype = grad_clip_norm, amp_dtype
+        self.grad_clip_norm, self.amp_dtype, self.dist = grad_clip_norm, amp_dtype, dist
+        self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
         self.generator = make_generator(seed, next(model.parameters()).device)  # mixup pairings
         self.mixup_rng = np.random.default_rng([seed, 0x6D6978])  # mixup λ, drawn on the host (no sync)
 
@@ -122,10 +127,13 @@ class ClassificationStep:
             method=self.method.engine,
             normalize=self.method.normalize,
             temperature=self.method.temperature,
+            distributed=self.dist.enabled,
+            process_group=self.dist.group,
         )
         loss = (alpha * noisy_cost).sum()
         if beta is not None:
             loss = loss + (beta * F.cross_entropy(logits, pseudo, reduction="none")).sum()
+        loss = self.dist.world_size * loss  # a share of a global sum; gradients are averaged
         self._apply(loss)
         return StepOutput(loss.detach(), logits.detach(), alpha, beta)
 
@@ -137,10 +145,10 @@ class ClassificationStep:
 
     def _forward(self, images: Tensor) -> Tensor:
         with autocast_to(self.amp_dtype, images.device.type):
-            return self.model(images).float()
+            return self.forward_model(images).float()
 
     def _apply(self, loss: Tensor) -> None:
-        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm)
+        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm, self.dist.average_gradients)
 
     def state_dict(self) -> dict[str, Any]:
         """The random sources' states (model and optimizer are saved by the run)."""
@@ -161,9 +169,9 @@ class EpochMeter:
     samples whose label is wrong) and ``zero_weight_steps`` (steps where no score was positive: loss 0).
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, dist: Distributed = SINGLE) -> None:
         self.sums = torch.zeros(9, dtype=torch.float64, device=device)
-        self.steps = 0
+        self.steps, self.dist = 0, dist
 
     def add(self, out: StepOutput, labels: Tensor, clean: Tensor) -> None:
         """Add one step; ``labels`` [N] the labels trained on, ``clean`` [N] the true ones (−1 unknown)."""
@@ -184,8 +192,14 @@ class EpochMeter:
         self.steps += 1
 
     def means(self) -> dict[str, float]:
-        """The epoch's statistics (one host read); weight statistics only if a step had weights."""
-        loss, right_noisy, right_clean, known, seen, beta, noisy_alpha, zero, weighted = self.sums.tolist()
+        """The epoch's statistics (one host read); weight statistics only if a step had weights.
+
+        Across processes (a collective: every process calls it) loss and accuracies are those of the
+        global batches; ``beta_share`` and ``alpha_on_noisy`` are means of each process's share.
+        """
+        sums = self.sums.clone()
+        self.dist.average([sums])
+        loss, right_noisy, right_clean, known, seen, beta, noisy_alpha, zero, weighted = sums.tolist()
         stats = {"loss": loss / max(self.steps, 1), "train_acc_noisy": right_noisy / max(seen, 1.0)}
         if known > 0:
             stats["train_acc_clean"] = right_clean / known

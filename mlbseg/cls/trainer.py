@@ -1,7 +1,7 @@
-"""``mlbseg classify train``: one classification run, from config to ``checkpoints/final.pt``.
+"""``mlbseg classify train``: the classification task on the shared training loop (docs/design.md §4).
 
-:class:`ClassificationRun` implements :class:`mlbseg.engine.fit.TrainingRun`; :func:`mlbseg.engine.fit.fit`
-drives it epoch by epoch and writes config, checkpoints and ``metrics.csv``. After every epoch the test
+:data:`TASK` plugs into :func:`mlbseg.engine.trainer.train`, which writes config, checkpoints and
+``metrics.csv``; :class:`ClassificationRun` trains one step at a time. After every epoch the test
 accuracy is logged as ``test_acc`` (the paper's curves; no model selection: the final model is the last
 epoch's). The run folder also gets ``noisy_labels.npy`` (the training labels used), ``data.json`` (set
 sizes, realised noise rate) and, with ``train.log_weights_for``, ``weights/epoch_XXX.npz``.
@@ -10,15 +10,13 @@ Data order is a function of the seed alone: epoch e's training batches depend on
 (seed, k), and every image's augmentation on a seed drawn with its batch (:class:`SeededItems`). Results
 therefore do not depend on ``train.num_workers``, and ``--resume`` continues exactly. The meta batches come
 from one persistent DataLoader iterator over an endless batch sampler (never ``next(iter(loader))`` per
-step, REFERENCE.md §7 item 1); its position is the number of meta batches consumed.
+step, docs/reference.md §7 item 1); its position is the number of meta batches consumed.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from mlbseg.cls.config import ClsConfig, check_config, dataset_kwargs
 from mlbseg.cls.data import ClassificationData
+from mlbseg.cls.datasets import build_datasets
 from mlbseg.cls.evaluate import eval_loader, evaluate_accuracy
+from mlbseg.cls.models import build_classifier
 from mlbseg.cls.step import ClassificationStep, EpochMeter, WeightLog
+from mlbseg.engine import trainer as engine
 from mlbseg.engine.atomic import write_atomic
-from mlbseg.engine.fit import fit
-from mlbseg.engine.logbook import Logbook
-from mlbseg.engine.optim import build_optimizer, build_scheduler
-from mlbseg.engine.progress import EpochProgress
-from mlbseg.engine.seeding import amp_dtype_for, make_generator, resolve_device, seed_everything
+from mlbseg.engine.optim import build_optimizer
+from mlbseg.engine.seeding import make_generator
 from mlbseg.errors import UserError
 
 TRAIN_STREAM, META_STREAM = 1, 2  # keep the training and meta orders independent for one seed
@@ -48,21 +46,31 @@ def default_run_dir(cfg: ClsConfig) -> Path:
     return Path("runs") / f"{cfg.name}-{cfg.method.name}-seed{cfg.train.seed}"
 
 
-def train(cfg: ClsConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Train one run end to end (or continue it with ``resume``) and return its folder.
+def train(cfg: ClsConfig, run_dir: Path | None = None, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train one run end to end (or continue it with ``resume``) and return its folder."""
+    return engine.train(TASK, cfg, run_dir or default_run_dir(cfg), resume=resume, overwrite=overwrite)
 
-    The config, the weights file and the dataset are checked before the run folder is created, so a
-    mistake there leaves nothing behind.
-    """
-    from mlbseg.cls.datasets import build_datasets
 
-    check_config(cfg)
-    if cfg.model.weights is not None and not Path(cfg.model.weights).is_file():
-        raise UserError(f"model.weights: {cfg.model.weights} not found; give a local torchvision state dict")
-    data = build_datasets(cfg.data.dataset, cfg.data.root, **dataset_kwargs(cfg))
-    run_dir = run_dir or default_run_dir(cfg)
-    build = functools.partial(ClassificationRun, run_dir=run_dir, data=data)
-    return fit(cfg, run_dir, resume, cfg.train.epochs, build)
+class ClassificationTask:
+    """Classification for :func:`mlbseg.engine.trainer.train`."""
+
+    def check_config(self, cfg: ClsConfig) -> None:
+        """:func:`mlbseg.cls.config.check_config` and the local weights file."""
+        check_config(cfg)
+        if cfg.model.weights is not None and not Path(cfg.model.weights).is_file():
+            raise UserError(
+                f"model.weights: {cfg.model.weights} not found; give a local torchvision state dict"
+            )
+
+    def build(self, cfg: ClsConfig, runtime: engine.Runtime) -> ClassificationRun:
+        """Read the dataset and build model, optimizer, step and loaders."""
+        if runtime.dist.enabled and cfg.train.log_weights_for:
+            raise UserError("train.log_weights_for: not available under torchrun; set it to 0")
+        data = build_datasets(cfg.data.dataset, cfg.data.root, **dataset_kwargs(cfg))
+        return ClassificationRun(cfg, runtime, data)
+
+
+TASK = ClassificationTask()
 
 
 class SeededItems(Dataset):
@@ -98,10 +106,16 @@ class EpochBatchSampler:
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, sampler: Any = None, max_batches: int | None = None
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        sampler: Any = None,
+        max_batches: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.sampler, self.max_batches = sampler, max_batches
+        self.sampler, self.max_batches, self.shard = sampler, max_batches, shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,12 +133,25 @@ class EpochBatchSampler:
         rng = np.random.default_rng([self.seed, TRAIN_STREAM, self.epoch])
         items = _with_seeds(self._order(rng), rng)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            yield items[start : start + self.batch_size]
+            yield shard_of(items[start : start + self.batch_size], self.shard)
 
     def __len__(self) -> int:
         count = len(self.sampler) if self.sampler is not None else self.size
-        batches = -(-count // self.batch_size)
+        parts = self.shard[1]  # across processes only full global batches, so every process steps alike
+        batches = -(-count // self.batch_size) if parts == 1 else count // self.batch_size
         return min(batches, self.max_batches) if self.max_batches is not None else batches
+
+
+def shard_of(batch: Batch, shard: tuple[int, int]) -> Batch:
+    """Chunk ``rank`` of ``parts`` equal chunks of a global ``batch``; ``shard = (rank, parts)``.
+
+    Example:
+        >>> shard_of([(0, 9), (1, 8), (2, 7), (3, 6)], (1, 2))
+        [(2, 7), (3, 6)]
+    """
+    rank, parts = shard
+    size = len(batch) // parts
+    return batch[rank * size : (rank + 1) * size]
 
 
 class MetaBatchSampler:
@@ -134,9 +161,11 @@ class MetaBatchSampler:
     replacement when the meta set is smaller than a batch).
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, start: int = 0) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1)
+    ) -> None:
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
-        self.per_pass = max(1, size // batch_size)
+        self.per_pass, self.shard = max(1, size // batch_size), shard
 
     def _pass(self, index: int) -> Batch:
         rng = np.random.default_rng([self.seed, META_STREAM, index])
@@ -150,7 +179,7 @@ class MetaBatchSampler:
             pass_index, position = divmod(batch, self.per_pass)
             if position == 0 or batch == self.start:
                 items = self._pass(pass_index)
-            yield items[position * self.batch_size : (position + 1) * self.batch_size]
+            yield shard_of(items[position * self.batch_size : (position + 1) * self.batch_size], self.shard)
             batch += 1
 
 
@@ -175,110 +204,119 @@ def _loader(dataset: Dataset, batch_sampler: Any, cfg: ClsConfig, device: torch.
 
 
 class ClassificationRun:
-    """Everything that changes during a classification run, and one epoch of training."""
+    """Everything that changes during a classification run, one step at a time.
 
-    def __init__(self, cfg: ClsConfig, run_dir: Path, data: ClassificationData) -> None:
-        from mlbseg.cls.models import build_classifier
+    Under torchrun each process takes its chunk of every global batch (``train.batch_size`` and
+    ``method.meta_batch_size`` are per process); an epoch's last partial global batch is dropped there so
+    every process takes equal steps. Mixup pairs images within each process's chunk.
+    """
 
-        self.cfg, self.run_dir, self.data = cfg, run_dir, data
-        self.device = resolve_device(cfg.train.device)
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        _write_data_files(run_dir, cfg, data)
-        model = build_classifier(cfg.model.arch, data.num_classes, cfg.model.weights).to(self.device)
-        if self.device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, cfg.optim)
-        self.scheduler = build_scheduler(optimizer, cfg.schedule, cfg.train.epochs)
-        self.amp_dtype = amp_dtype_for(self.device) if cfg.train.amp else None
+    def __init__(self, cfg: ClsConfig, runtime: engine.Runtime, data: ClassificationData) -> None:
+        self.cfg, self.data, self.runtime, self.dist = cfg, data, runtime, runtime.dist
+        self.device = device = runtime.device
+        world = self.dist.world_size
+        self.model = runtime.place_model(
+            build_classifier(cfg.model.arch, data.num_classes, cfg.model.weights)
+        )
+        self.optimizer = build_optimizer(self.model, cfg.optim)
         self.step = ClassificationStep(
-            model, optimizer, cfg.method, cfg.optim.grad_clip_norm, cfg.train.seed, self.amp_dtype
+            self.model,
+            self.optimizer,
+            method=cfg.method,
+            grad_clip_norm=cfg.optim.grad_clip_norm,
+            seed=self.dist.rank_seed(cfg.train.seed),
+            amp_dtype=runtime.amp_dtype,
+            dist=self.dist,
+            compile_model=cfg.train.compile,
         )
         self.train_batches = EpochBatchSampler(
             len(data.train),
-            cfg.train.batch_size,
+            cfg.train.batch_size * world,
             cfg.train.seed,
             data.train_sampler,
             cfg.train.steps_per_epoch,
+            shard=(self.dist.rank, world),
         )
-        self.train_loader = _loader(data.train, self.train_batches, cfg, self.device)
-        self.test_loader = eval_loader(
-            data.test, cfg.train.eval_batch_size, cfg.train.num_workers, self.device
-        )
-        self.clean_labels = torch.as_tensor(data.clean_labels, device=self.device)
+        self.train_loader = _loader(data.train, self.train_batches, cfg, device)
+        self.test_loader = eval_loader(data.test, cfg.train.eval_batch_size, cfg.train.num_workers, device)
+        self.clean_labels = torch.as_tensor(data.clean_labels, device=device)
         self.weight_log = WeightLog.spread(
-            cfg.train.log_weights_for, data.noisy_labels, data.clean_labels, self.device
+            cfg.train.log_weights_for, data.noisy_labels, data.clean_labels, device
         )
         self.meta_consumed = 0
         self._meta_batches: Iterator[Any] | None = None
-        self.epoch = 0
-        self.global_step = 0
+        self._train_batches: Iterator[Any] | None = None
+        self.meter = EpochMeter(device, self.dist)
+        self.weighted = False
 
     def _meta_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next clean meta batch on the device: images [M, 3, H, W], labels [M]."""
         if self._meta_batches is None:
-            cfg = self.cfg
+            cfg, world = self.cfg, self.dist.world_size
             sampler = MetaBatchSampler(
-                len(self.data.meta), cfg.method.meta_batch_size, cfg.train.seed, start=self.meta_consumed
+                len(self.data.meta),
+                cfg.method.meta_batch_size * world,
+                cfg.train.seed,
+                start=self.meta_consumed,
+                shard=(self.dist.rank, world),
             )
             self._meta_batches = iter(_loader(self.data.meta, sampler, cfg, self.device))
         images, labels, _ = next(self._meta_batches)
         self.meta_consumed += 1
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
-    def train_epoch(self, logbook: Logbook) -> dict[str, float]:
-        """One epoch of steps, the test accuracy, the weights file, and the LR schedule step."""
-        cfg, step = self.cfg, self.step
-        weighted = cfg.method.uses_meta_weights and self.epoch >= cfg.method.warmup_epochs
-        self.train_batches.set_epoch(self.epoch)
-        num_steps, meter = len(self.train_batches), EpochMeter(self.device)
+    def steps_in_epoch(self, epoch: int) -> int:
+        """The batches of one epoch (of this process's chunks)."""
+        return len(self.train_batches)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Meta-weighting after warm-up; this epoch's batches; fresh statistics and weight log."""
+        self.weighted = self.cfg.method.uses_meta_weights and epoch >= self.cfg.method.warmup_epochs
+        self.epoch = epoch
+        self.train_batches.set_epoch(epoch)
+        self._train_batches = iter(self.train_loader)
+        self.meter = EpochMeter(self.device, self.dist)
         self.weight_log.reset()
-        step.model.train()
-        started = time.perf_counter()
-        with EpochProgress(f"epoch {self.epoch + 1}/{cfg.train.epochs}", num_steps) as progress:
-            for index, (images, labels, ids) in enumerate(self.train_loader):
-                images, labels, ids = (t.to(self.device, non_blocking=True) for t in (images, labels, ids))
-                out = step(images, labels, self._meta_batch() if weighted else None)
-                meter.add(out, labels, self.clean_labels[ids])
-                self.weight_log.record(ids, out)
-                self.global_step += 1
-                if (index + 1) % cfg.train.log_every == 0 or index + 1 == num_steps:
-                    stats = meter.means()
-                    logbook.scalars("step", stats, self.global_step)
-                    progress.update(index + 1, loss=stats["loss"])
-        row: dict[str, float] = {"epoch": self.epoch + 1, "lr": step.optimizer.param_groups[0]["lr"]}
-        row.update(meter.means())
-        test = evaluate_accuracy(step.model, self.test_loader, self.amp_dtype)
-        row.update(test_acc=test["accuracy"], test_loss=test["loss"], seconds=time.perf_counter() - started)
-        if weighted:
-            self.weight_log.save(self.run_dir / "weights" / f"epoch_{self.epoch + 1:03d}.npz")
-        self.scheduler.step()
-        self.epoch += 1
-        return row
+        self.model.train()
+
+    def train_step(self) -> None:
+        """One iteration on the next training batch (and a meta batch after warm-up)."""
+        assert self._train_batches is not None
+        images, labels, ids = (t.to(self.device, non_blocking=True) for t in next(self._train_batches))
+        out = self.step(images, labels, self._meta_batch() if self.weighted else None)
+        self.meter.add(out, labels, self.clean_labels[ids])
+        self.weight_log.record(ids, out)
+
+    def running_stats(self) -> dict[str, float]:
+        """Loss, training accuracy against the noisy and the clean labels, weight shares."""
+        return self.meter.means()
+
+    def end_epoch(self) -> dict[str, float]:
+        """Test accuracy (rank 0; no model selection) and the epoch's α/β file."""
+        self._train_batches = None
+        if not self.dist.is_main:
+            return {"test_acc": float("nan"), "test_loss": float("nan")}
+        test = evaluate_accuracy(self.model, self.test_loader, self.runtime.amp_dtype)
+        if self.weighted:
+            self.weight_log.save(self.runtime.run_dir / "weights" / f"epoch_{self.epoch + 1:03d}.npz")
+        return {"test_acc": test["accuracy"], "test_loss": test["loss"]}
+
+    def write_inputs(self) -> None:
+        """``noisy_labels.npy`` and ``data.json`` (see the module docstring)."""
+        _write_data_files(self.runtime.run_dir, self.cfg, self.data)
 
     def state_dict(self) -> dict[str, Any]:
-        """Model, optimizer, schedule, the step's random sources, meta-stream position, counters."""
-        return {
-            "model": self.step.model.state_dict(),
-            "optimizer": self.step.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step.state_dict(),
-            "meta_consumed": self.meta_consumed,
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-        }
+        """The step's random sources and the meta-stream position (the epoch's batches follow from it)."""
+        return {"step": self.step.state_dict(), "meta_consumed": self.meta_consumed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (the epoch's batches follow from the epoch number)."""
-        self.step.model.load_state_dict(state["model"])
-        self.step.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        """Continue from :meth:`state_dict`."""
         self.step.load_state_dict(state["step"])
         self.meta_consumed, self._meta_batches = state["meta_consumed"], None
-        self.epoch, self.global_step = state["epoch"], state["global_step"]
 
     def final_state(self) -> dict[str, Any]:
-        """The last epoch's weights (no model selection) and the class count evaluation needs."""
-        return {"model": self.step.model.state_dict(), "num_classes": self.data.num_classes}
+        """The class count evaluation needs."""
+        return {"num_classes": self.data.num_classes}
 
 
 def _write_data_files(run_dir: Path, cfg: ClsConfig, data: ClassificationData) -> None:

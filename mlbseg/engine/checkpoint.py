@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 import torch
 
+from mlbseg.config import config_from_dict, load_config
 from mlbseg.engine.atomic import atomic_file
+from mlbseg.engine.run_dir import FINAL, LAST
 from mlbseg.errors import UserError
 
 ConfigT = TypeVar("ConfigT")
@@ -47,9 +49,6 @@ def load_run_checkpoint(
     The config embedded in the checkpoint wins; a checkpoint without one falls back to the run's
     ``config.yaml``.
     """
-    from mlbseg.config import config_from_dict, load_config
-    from mlbseg.engine.run_dir import FINAL, LAST
-
     path = {"final": run_dir / FINAL, "last": run_dir / LAST}.get(checkpoint, Path(checkpoint))
     state = load_checkpoint(path, map_location=map_location)
     if "config" in state:

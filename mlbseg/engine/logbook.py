@@ -42,6 +42,16 @@ class Logbook:
         self.writer.close()
 
 
+class QuietLogbook:
+    """What a process other than rank 0 gets for a :class:`Logbook`: nothing is written."""
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """Ignore ``values``."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write ``rows`` to ``path`` atomically; columns: every key in order of appearance, blank if absent."""
     buffer = io.StringIO()

@@ -1,7 +1,7 @@
 """The segmentation run config (``mlbseg train CONFIG``): schema, defaults and the method switch.
 
-Defaults are the paper's PROMISE12 settings (REFERENCE.md §6.11): SGD lr 0.005, momentum 0.9, weight decay
-5e-4, the 20/(epoch + 20) schedule, gradient clipping at 0.2, train batch 1 (five views), meta batch 2.
+Defaults are the paper's PROMISE12 settings (docs/reference.md §6.11): SGD lr 0.005, momentum 0.9, weight
+decay 5e-4, the 20/(epoch + 20) schedule, gradient clipping at 0.2, train batch 1 (five views), meta batch 2.
 YAML files in ``configs/seg/`` override them; ``--set key.sub=value`` overrides the YAML.
 """
 
@@ -9,11 +9,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlbseg.config import choice
-from mlbseg.engine.config import OptimConfig, ScheduleConfig
+from mlbseg.config import check_range, choice
+from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
+from mlbseg.errors import UserError
+from mlbseg.meta import resolve_normalizer_name
+from mlbseg.seg.model import ARCHITECTURES
 
-METHODS = ("baseline", "baseline_plus_meta", "l2rw", "mlbseg")
 NOISE_LEVELS = ("L1", "L2", "L3", "clean")
+
+
+@dataclass(frozen=True)
+class MethodTraits:
+    """Which parts of the training step a method uses (docs/design.md §4)."""
+
+    meta_weights: bool = False  # α from the meta engine
+    pseudo_labels: bool = False  # β and its multi-view pseudo-label
+    views: bool = False  # the five views (when method.views.enabled)
+    teacher: bool = False  # the EMA teacher (when method.ema.enabled)
+    meta_batch_step: bool = False  # the extra supervised step on the clean meta batch
+
+
+# The registry of training methods: ``method.name`` is one of its keys.
+METHODS: dict[str, MethodTraits] = {
+    "baseline": MethodTraits(),  # mean BCE on the noisy labels (the paper's Table 8 baseline)
+    "baseline_plus_meta": MethodTraits(meta_batch_step=True),  # + the clean meta batch: the fair control
+    "l2rw": MethodTraits(meta_weights=True, meta_batch_step=True),  # α only (Ren et al., 2018)
+    "mlbseg": MethodTraits(
+        meta_weights=True, pseudo_labels=True, views=True, teacher=True, meta_batch_step=True
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -33,7 +57,7 @@ class DataConfig:
 class ModelConfig:
     """UNet++ from segmentation-models-pytorch (encoder_depth 4 so 144×144 works)."""
 
-    arch: str = choice("unetplusplus", ("unetplusplus", "unet"))
+    arch: str = choice("unetplusplus", tuple(ARCHITECTURES))
     encoder: str = "resnet34"
     encoder_depth: int = 4
     decoder_channels: tuple[int, ...] = (256, 128, 64, 32)
@@ -62,7 +86,7 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """The method switch (DESIGN.md §4) and the meta engine's settings.
+    """The method switch (docs/design.md §4) and the meta engine's settings.
 
     One config serves every method: the five views, the multi-view consistency and the EMA teacher are
     MLB-Seg's components and take effect only with ``name: mlbseg``; ``baseline`` is the mean BCE on the
@@ -70,7 +94,7 @@ class MethodConfig:
     ``l2rw`` adds per-pixel α weights from the meta engine.
     """
 
-    name: str = choice("mlbseg", METHODS)
+    name: str = choice("mlbseg", tuple(METHODS))
     engine: str = choice("forward", ("forward", "lookahead"))  # exact first-order form, or the reference's
     normalize: str = "org"  # see mlbseg.meta: clamp_sum (org), softmax_per_sample, sigmoid_sum, ...
     temperature: float = 1.0
@@ -81,19 +105,24 @@ class MethodConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
 
     @property
+    def traits(self) -> MethodTraits:
+        """The registry entry of ``name``."""
+        return METHODS[self.name]
+
+    @property
     def uses_meta_weights(self) -> bool:
         """α (and β) come from the meta engine: l2rw and mlbseg."""
-        return self.name in ("l2rw", "mlbseg")
+        return self.traits.meta_weights
 
     @property
     def uses_pseudo_labels(self) -> bool:
         """β weights a pseudo-label: mlbseg only."""
-        return self.name == "mlbseg"
+        return self.traits.pseudo_labels
 
     @property
     def uses_views(self) -> bool:
         """The five views are MLB-Seg's; the other methods train on the augmented slices themselves."""
-        return self.name == "mlbseg" and self.views.enabled
+        return self.traits.views and self.views.enabled
 
     @property
     def uses_consistency(self) -> bool:
@@ -103,12 +132,12 @@ class MethodConfig:
     @property
     def uses_ema(self) -> bool:
         """The EMA teacher is an MLB-Seg option."""
-        return self.name == "mlbseg" and self.ema.enabled
+        return self.traits.teacher and self.ema.enabled
 
     @property
     def trains_on_meta_batch(self) -> bool:
         """Every method but the plain baseline also takes a supervised step on the clean meta batch."""
-        return self.name != "baseline"
+        return self.traits.meta_batch_step
 
 
 @dataclass(frozen=True)
@@ -137,3 +166,41 @@ class SegConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def check_config(cfg: SegConfig) -> None:
+    """Checks beyond the schema's types (ranges, names, cross-key rules), before anything is read or built.
+
+    Raises:
+        UserError: Naming the first key out of range and what it accepts.
+    """
+    check_shared_sections(cfg)
+    data, model, method = cfg.data, cfg.model, cfg.method
+    check_range("data.flip_prob", data.flip_prob, 0.0, 1.0)
+    check_range("data.rotation_degrees", data.rotation_degrees, 0.0, 180.0)
+    check_range("data.foreground_fraction", data.foreground_fraction, 0.0, 1.0)
+    check_range("model.encoder_depth", model.encoder_depth, 3, 5)
+    check_range("model.foreground_prior", model.foreground_prior, 0.0, 1.0, strict="both")
+    check_range("method.temperature", method.temperature, 0.0, strict="low")
+    check_range("method.meta_batch_size", method.meta_batch_size, 1)
+    check_range("method.consistency_weight", method.consistency_weight, 0.0)
+    check_range("method.warmup_epochs", method.warmup_epochs, 0)
+    check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
+    check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
+    check_range("method.ema.weight", method.ema.weight, 0.0)
+    for pad in method.views.zoom_pads:
+        check_range("method.views.zoom_pads", pad, 1)
+    try:
+        resolve_normalizer_name(method.normalize, loss="bce")
+    except ValueError as err:
+        raise UserError(f"method.normalize: {err}") from None
+
+
+def check_zoom_pads(cfg: SegConfig, size: int) -> None:
+    """UserError when the zoom pads of an MLB-Seg config do not fit ``size``×``size`` slices."""
+    pads = set(cfg.method.views.zoom_pads)
+    if cfg.method.uses_views and (len(pads) < 2 or 2 * max(pads) >= size):
+        raise UserError(
+            f"method.views.zoom_pads: need at least two distinct pads, each below {size // 2} for "
+            f"{size}×{size} slices; got {list(cfg.method.views.zoom_pads)}"
+        )

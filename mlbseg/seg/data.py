@@ -1,4 +1,4 @@
-"""The prepared dataset as tensors on the training device (DESIGN.md §2, §4).
+"""The prepared dataset as tensors on the training device (docs/design.md §2, §4).
 
 PROMISE12 at 144² is about 100 MB, so every slice of the train and meta cases is loaded once and kept on
 the device (the GPU when there is one); batches are index lookups, with no loader workers or host copies.
@@ -59,9 +59,9 @@ class Volume:
 def split_cases(prepared: Path, split: str) -> list[str]:
     """Case ids of ``split`` (train, meta or test) in the prepared folder's manifest."""
     manifest = load_manifest(prepared)
-    cases = list(manifest["split"][split])
+    cases = list(manifest["split"].get(split, []))
     if not cases:
-        raise UserError(f"{prepared / 'manifest.json'}: the '{split}' split is empty")
+        raise UserError(f"{prepared / 'manifest.json'}: the '{split}' split is empty or missing")
     return cases
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from mlbseg.evaluation.metrics import volume_dice
+from mlbseg.evaluation.resample import probabilities_to_original
 from mlbseg.seg.data import Volume
 
 
@@ -43,10 +45,7 @@ def predict_probabilities(
 def validation_dice(
     model: torch.nn.Module, volumes: Sequence[Volume], amp_dtype: torch.dtype | None = None
 ) -> float:
-    """Mean per-volume 3-D Dice at original resolution over ``volumes`` (DESIGN.md §5)."""
-    from mlbseg.evaluation.metrics import volume_dice
-    from mlbseg.evaluation.resample import probabilities_to_original
-
+    """Mean per-volume 3-D Dice at original resolution over ``volumes`` (docs/evaluation.md §1)."""
     scores = []
     for volume in volumes:
         probs = predict_probabilities(model, volume.images, amp_dtype=amp_dtype)

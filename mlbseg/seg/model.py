@@ -1,82 +1,78 @@
-"""Segmentation networks from segmentation-models-pytorch, with weights only from local files (DESIGN.md §4).
+"""Segmentation networks from segmentation-models-pytorch, weights only from local files (docs/design.md §4).
 
-The reference's hand-written NestedUNet (REFERENCE.md §6.14) is replaced by smp's UNet++ with a configurable
-encoder. ``encoder_depth=4`` gives an output stride of 16, so 144×144 inputs work (depth 5 needs multiples
-of 32, ECOSYSTEM.md §4). smp is never asked for pretrained weights (it would download them); a local
-encoder state dict can be loaded instead.
+The reference's hand-written NestedUNet (docs/reference.md §6.14) is replaced by smp's UNet++ with a
+configurable encoder. ``encoder_depth=4`` gives an output stride of 16, so 144×144 inputs work (depth 5 needs
+multiples of 32, docs/design.md §4.3). smp is never asked for pretrained weights (it would download them); a
+local encoder state dict can be loaded instead.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import segmentation_models_pytorch as smp
-import timm
 import torch
 from torch import Tensor, nn
 
 from mlbseg.errors import UserError
 
-ARCHITECTURES: dict[str, type[nn.Module]] = {"unetplusplus": smp.UnetPlusPlus, "unet": smp.Unet}
+if TYPE_CHECKING:  # the config module imports this one for the registry's names
+    from mlbseg.seg.config import ModelConfig
+
+# The registry of architectures: ``model.arch`` is one of its keys.
+# Values are smp class names: smp and timm are imported when a model is built, so the config (which takes its
+# choices from these keys) stays cheap to import for `repeat` and its workers.
+ARCHITECTURES: dict[str, str] = {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}
 
 
-def build_model(
-    arch: str = "unetplusplus",
-    encoder: str = "resnet34",
-    encoder_depth: int = 4,
-    decoder_channels: Sequence[int] = (256, 128, 64, 32),
-    in_channels: int = 1,
-    classes: int = 1,
-    encoder_weights: str | None = None,
-    foreground_prior: float | None = None,
-) -> nn.Module:
+def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.Module:
     """Build an smp encoder-decoder that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
 
     Args:
-        arch: One of :data:`ARCHITECTURES`.
-        encoder: An smp encoder name (e.g. ``resnet34``) or ``tu-<timm model>``.
-        encoder_depth: Encoder stages (3–5); H and W must be divisible by 2**encoder_depth (16 for 4).
-        decoder_channels: One entry per encoder stage.
+        cfg: The ``model`` section: ``arch`` (one of :data:`ARCHITECTURES`); ``encoder``, an smp encoder
+            name (e.g. ``resnet34``) or ``tu-<timm model>``; ``encoder_depth``, 3–5 stages (H and W must be
+            divisible by 2**encoder_depth, 16 for 4); ``decoder_channels``, one entry per stage;
+            ``encoder_weights``, None for random initialisation or the path of a local encoder state dict
+            (raw, or under a ``state_dict``/``model`` key; 3-channel first-conv kernels are adapted to
+            ``in_channels``, summed for 1 channel as smp does for its own weights); ``foreground_prior``,
+            None for the head's zero bias (probability 0.5 everywhere at the start) or p in (0, 1) for the
+            bias logit(p), so training starts at the foreground share instead of first pushing every pixel
+            to background (the prior initialisation of Lin et al., 2017, for imbalanced targets).
         in_channels: Input image channels.
         classes: Output channels (logits, no activation).
-        encoder_weights: None for random initialisation, or the path of a local encoder state dict (raw, or
-            under a ``state_dict``/``model`` key); 3-channel first-conv kernels are adapted to
-            ``in_channels`` (summed for 1 channel, as smp does for its own weights).
-        foreground_prior: None keeps the head's zero bias (probability 0.5 everywhere at the start); p in
-            (0, 1) sets the bias to logit(p), so training starts at the foreground share instead of first
-            pushing every pixel to background (the prior initialisation of Lin et al., 2017, for
-            imbalanced targets).
 
     Raises:
         UserError: Unknown architecture or encoder, ``decoder_channels`` of the wrong length, or an encoder
             weights file that is missing, unreadable or does not match the encoder.
     """
-    if arch not in ARCHITECTURES:
-        raise UserError(f"Unknown arch {arch!r}; choose from {sorted(ARCHITECTURES)}")
-    _check_encoder(encoder)
-    if len(decoder_channels) != encoder_depth:
+    if cfg.arch not in ARCHITECTURES:
+        raise UserError(f"model.arch: unknown {cfg.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    _check_encoder(cfg.encoder)
+    if len(cfg.decoder_channels) != cfg.encoder_depth:
         raise UserError(
-            f"decoder_channels needs one entry per encoder stage (encoder_depth={encoder_depth}); "
-            f"got {len(decoder_channels)}: {list(decoder_channels)}"
+            f"model.decoder_channels: needs one entry per encoder stage (encoder_depth={cfg.encoder_depth}); "
+            f"got {len(cfg.decoder_channels)}: {list(cfg.decoder_channels)}"
         )
-    model = ARCHITECTURES[arch](
-        encoder_name=encoder,
-        encoder_depth=encoder_depth,
+    import segmentation_models_pytorch as smp
+
+    model = getattr(smp, ARCHITECTURES[cfg.arch])(
+        encoder_name=cfg.encoder,
+        encoder_depth=cfg.encoder_depth,
         encoder_weights=None,  # never download; local weights are loaded below
-        decoder_channels=tuple(decoder_channels),
+        decoder_channels=tuple(cfg.decoder_channels),
         in_channels=in_channels,
         classes=classes,
     )
-    if encoder_weights is not None:
-        load_encoder_weights(model.encoder, Path(encoder_weights))
-    if foreground_prior is not None:
-        if not 0.0 < foreground_prior < 1.0:
-            raise UserError(f"model.foreground_prior: must be in (0, 1), got {foreground_prior}")
+    if cfg.encoder_weights is not None:
+        load_encoder_weights(model.encoder, Path(cfg.encoder_weights))
+    prior = cfg.foreground_prior
+    if prior is not None:
+        if not 0.0 < prior < 1.0:
+            raise UserError(f"model.foreground_prior: must be in (0, 1), got {prior}")
         head = model.segmentation_head[0]  # the final convolution: logits
-        nn.init.constant_(head.bias, math.log(foreground_prior / (1.0 - foreground_prior)))
+        nn.init.constant_(head.bias, math.log(prior / (1.0 - prior)))
     return model
 
 
@@ -107,6 +103,9 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
 
 def _check_encoder(encoder: str) -> None:
     """Raise a :class:`UserError` listing the choices when ``encoder`` is not a known encoder name."""
+    import segmentation_models_pytorch as smp
+    import timm
+
     if encoder.startswith("tu-") and timm.is_model(encoder[3:]):
         return
     names = smp.encoders.get_encoder_names()

@@ -1,4 +1,4 @@
-"""One segmentation training iteration for every method (REFERENCE.md §6.9, DESIGN.md §4).
+"""One segmentation training iteration for every method (docs/reference.md §6.9, docs/design.md §4).
 
 ``mlbseg``: augment → five views → α/β from the meta engine → Σ α·BCE(noisy) + β·BCE(pseudo) (+ consistency)
 → clipped SGD step → the extra supervised step on the clean meta batch. ``l2rw`` drops β, ``baseline``
@@ -74,14 +74,14 @@ class SegmentationStep:
     def __init__(
         self,
         model: torch.nn.Module,
-        optimizer: torch.optim.SGD,
+        optimizer: torch.optim.Optimizer,
+        *,
         method: MethodConfig,
         data: DataConfig,
         grad_clip_norm: float | None,
-        teacher: EMATeacher | None,
         generator: torch.Generator,
-        amp_dtype: torch.dtype | None,
-        *,
+        teacher: EMATeacher | None = None,
+        amp_dtype: torch.dtype | None = None,
         dist: Distributed = SINGLE,
         compile_model: bool = False,
     ) -> None:

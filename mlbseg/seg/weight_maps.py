@@ -21,10 +21,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from mlbseg.engine.ema import EMATeacher
+from mlbseg.engine.optim import build_optimizer, lr_factor
+from mlbseg.engine.seeding import make_generator, resolve_device
+from mlbseg.engine.streams import IndexStream
 from mlbseg.errors import UserError
+from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg.config import SegConfig
 from mlbseg.seg.data import SliceSet, load_slices, split_cases
+from mlbseg.seg.evaluate import load_trained_model
 from mlbseg.seg.step import SegmentationStep
+from mlbseg.seg.views import NUM_VIEWS
 
 
 def weight_map_rows(
@@ -33,16 +40,14 @@ def weight_map_rows(
     """Rows for :func:`mlbseg.figures.weights.weight_map_figure`: one per chosen training slice.
 
     Returns:
-        ``count`` (fewer if the training set is smaller) dicts of [h, w] numpy arrays ``image``, ``noisy``,
-        ``pseudo`` (0/1; for ``l2rw``, which has no pseudo-label, the thresholded prediction), ``reference``,
-        ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title`` naming the case and slice.
+        ``count`` dicts (fewer if fewer training slices have foreground in their reference) of [h, w]
+        numpy arrays ``image``, ``noisy``, ``pseudo`` (0/1; for ``l2rw``, which has no pseudo-label, the
+        thresholded prediction), ``reference``, ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title``
+        naming the case and slice.
 
     Raises:
         UserError: No run folder, a method without meta weights (baseline), or missing data.
     """
-    from mlbseg.engine.seeding import resolve_device
-    from mlbseg.seg.evaluate import load_trained_model
-
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
     if count < 1:
@@ -58,7 +63,6 @@ def weight_map_rows(
     label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
     train_set = load_slices(prepared, "train", label_key, torch_device)
     meta_set = load_slices(prepared, "meta", "mask", torch_device)
-    from mlbseg.engine.streams import IndexStream
 
     meta_stream = IndexStream(len(meta_set), cfg.method.meta_batch_size, step.generator)
     names = _slice_names(prepared, len(train_set))
@@ -75,10 +79,6 @@ def _rebuild_step(
     cfg: SegConfig, model: torch.nn.Module, state: dict[str, Any], device: torch.device, seed: int
 ) -> SegmentationStep:
     """The run's step: SGD with the checkpoint's momentum buffers (if any) and the EMA teacher (if used)."""
-    from mlbseg.engine.ema import EMATeacher
-    from mlbseg.engine.optim import build_optimizer, lr_factor
-    from mlbseg.engine.seeding import make_generator
-
     model.train()  # the mode of a training step (BatchNorm on batch statistics)
     optimizer = build_optimizer(model, cfg.optim)
     if state.get("optimizer") is not None:
@@ -93,7 +93,13 @@ def _rebuild_step(
             teacher.load_state_dict(state["teacher"])
     generator = make_generator(seed, device)
     return SegmentationStep(
-        model, optimizer, cfg.method, cfg.data, cfg.optim.grad_clip_norm, teacher, generator, None
+        model,
+        optimizer,
+        method=cfg.method,
+        data=cfg.data,
+        grad_clip_norm=cfg.optim.grad_clip_norm,
+        generator=generator,
+        teacher=teacher,
     )
 
 
@@ -110,8 +116,6 @@ def _choose_slices(train_set: SliceSet, count: int, seed: int) -> torch.Tensor:
 
 def _slice_names(prepared: Path, total: int) -> list[str]:
     """``<case> z=<k>`` for every training slice, in the order of :func:`~mlbseg.seg.data.load_slices`."""
-    from mlbseg.prep.manifest import load_manifest
-
     cases = load_manifest(prepared)["cases"]
     names = [
         f"{case} z={k}" for case in split_cases(prepared, "train") for k in range(cases[case]["num_slices"])
@@ -127,8 +131,6 @@ def _weights_of_batch(
     index: torch.Tensor,
 ) -> list[dict[str, Any]]:
     """α, β and the maps behind them for the slices ``index``, as the step computes them (no update)."""
-    from mlbseg.seg.views import NUM_VIEWS
-
     batch = step.expand(*train_set.batch(index))
     meta = step.expand(*meta_set.batch(meta_index))
     probs = step.probabilities(batch.images)

@@ -97,7 +97,7 @@ def test_smoke_run_then_evaluate(cifar_root, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("method.mixup_alpha=0", "method.mixup_alpha: must be positive"),
+        ("method.mixup_alpha=0", "method.mixup_alpha: must be above 0"),
         ("data.num_meta=15", "num_meta=15"),
     ],
 )

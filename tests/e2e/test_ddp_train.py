@@ -69,6 +69,7 @@ def finished(prepared, tmp_path_factory):
 
 def test_rank_0_alone_writes_the_run_folder(finished):
     assert sorted(path.name for path in finished.iterdir()) == [
+        ".lock",  # the run folder's lock, held by rank 0 while training
         "checkpoints",
         "config.yaml",
         "metrics.csv",
@@ -115,7 +116,8 @@ def test_resume_after_killing_every_process_matches_the_uninterrupted_run(prepar
 def test_a_mistake_stops_both_processes_with_one_line(prepared, finished):
     code, output = _finish(_torchrun(prepared, finished))  # the folder holds a run: no --resume
     assert code != 0
-    assert output.count("use --resume or another --run-dir") == 2  # both ranks report it, neither hangs
+    # both ranks report it, neither hangs
+    assert output.count("use --resume, --overwrite or another --run-dir") == 2
 
 
 def test_resuming_with_another_number_of_processes_is_refused(prepared, finished):

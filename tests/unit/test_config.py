@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from mlbseg.config import load_config, save_config
+from mlbseg.config import load_config
+from mlbseg.engine.run_dir import save_config
 from mlbseg.errors import UserError
 from mlbseg.seg.config import SegConfig
 

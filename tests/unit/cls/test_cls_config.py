@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from mlbseg.cli.classify import app
 from mlbseg.cls.config import ClsConfig, DataConfig, MethodConfig, TrainConfig, check_config, dataset_kwargs
 from mlbseg.cls.datasets import dataset_options
-from mlbseg.config import load_config, save_config
+from mlbseg.config import load_config
+from mlbseg.engine.run_dir import save_config
 from mlbseg.errors import UserError
 
 CONFIG_DIR = Path(__file__).parents[3] / "configs" / "cls"
@@ -31,7 +32,7 @@ def test_every_shipped_config_validates_and_round_trips(path, tmp_path):
     assert any("--set" in line for line in header), "header gives an override example"
 
 
-# REFERENCE.md §1.1 (README recipes) and appendix A.1.
+# docs/reference.md §1.1 (README recipes) and docs/method.md §7.1.
 COMMON = {"schedule.name": "cosine", "method.name": "l2b", "optim.momentum": 0.9, "optim.weight_decay": 5e-4}
 RECIPES = {
     "cifar10": {
@@ -89,7 +90,7 @@ def test_an_option_the_dataset_does_not_take_is_an_error():
 @pytest.mark.parametrize("name", ["baseline", "l2rw", "l2b"])
 def test_mixup_is_allowed_with_every_method(name):
     check_config(ClsConfig(method=MethodConfig(name=name, mixup=True)))
-    with pytest.raises(UserError, match=r"method\.mixup_alpha: must be positive"):
+    with pytest.raises(UserError, match=r"method\.mixup_alpha: must be above 0"):
         check_config(ClsConfig(method=MethodConfig(name=name, mixup=True, mixup_alpha=0.0)))
 
 
@@ -97,9 +98,9 @@ def test_mixup_is_allowed_with_every_method(name):
     ("changes", "message"),
     [
         ({"method": MethodConfig(normalize="hard")}, r"method.normalize: .*clamp_sum"),
-        ({"train": TrainConfig(batch_size=0)}, "train.batch_size: must be positive"),
-        ({"method": MethodConfig(meta_batch_size=0)}, "method.meta_batch_size: must be positive"),
-        ({"train": TrainConfig(steps_per_epoch=0)}, "train.steps_per_epoch: must be positive"),
+        ({"train": TrainConfig(batch_size=0)}, "train.batch_size: must be 1 or more"),
+        ({"method": MethodConfig(meta_batch_size=0)}, "method.meta_batch_size: must be 1 or more"),
+        ({"train": TrainConfig(steps_per_epoch=0)}, "train.steps_per_epoch: must be 1 or more"),
         ({"train": TrainConfig(log_weights_for=-1)}, "train.log_weights_for: must be 0 or more"),
     ],
 )

@@ -30,7 +30,9 @@ def tiny_net(seed=0):
 def make_step(name="l2b", clip=None, lr=0.1, momentum=0.9, weight_decay=5e-4, **method):
     model = tiny_net()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return ClassificationStep(model, optimizer, MethodConfig(name=name, **method), clip, seed=3)
+    return ClassificationStep(
+        model, optimizer, method=MethodConfig(name=name, **method), grad_clip_norm=clip, seed=3
+    )
 
 
 def batch(n, seed):

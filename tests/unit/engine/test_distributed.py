@@ -116,7 +116,16 @@ def _step(dist: Distributed) -> SegmentationStep:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     teacher = EMATeacher(model, decay=0.99)
     generator = torch.Generator().manual_seed(1)
-    step = SegmentationStep(model, optimizer, METHOD, DataConfig(), 10.0, teacher, generator, None, dist=dist)
+    step = SegmentationStep(
+        model,
+        optimizer,
+        method=METHOD,
+        data=DataConfig(),
+        grad_clip_norm=10.0,
+        generator=generator,
+        teacher=teacher,
+        dist=dist,
+    )
     batch, meta = _global_batches()
     step(batch, meta, meta_weighting=False)  # a plain step on the whole batch, same everywhere
     return step

@@ -2,9 +2,12 @@ import csv
 
 import pytest
 
+from mlbseg.config import load_config
+from mlbseg.engine.lock import run_lock
 from mlbseg.engine.logbook import Logbook
-from mlbseg.engine.run_dir import open_run_dir
+from mlbseg.engine.run_dir import LAST, Start, claim_run_dir, inspect_run_dir
 from mlbseg.errors import UserError
+from mlbseg.seg.config import SegConfig
 
 
 def test_csv_is_rewritten_from_history_with_all_columns(tmp_path):
@@ -18,22 +21,84 @@ def test_csv_is_rewritten_from_history_with_all_columns(tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
 
 
-def test_fresh_run_creates_the_folder_and_refuses_reuse(tmp_path):
-    run = tmp_path / "run"
-    assert open_run_dir(run, resume=False) is None
+def _claimed(run, start=Start.FRESH):
+    cfg = load_config(SegConfig, None)
+    with claim_run_dir(run, start, cfg):
+        pass
+    return cfg
+
+
+def test_fresh_start_creates_nothing_until_claimed(tmp_path):
+    run = tmp_path / "a" / "run"
+    assert inspect_run_dir(run, resume=False, overwrite=False) is Start.FRESH
+    assert not (tmp_path / "a").exists()
+    _claimed(run)
+    assert (run / "config.yaml").is_file()
     assert (run / "checkpoints").is_dir()
-    (run / "config.yaml").write_text("name: x\n")
-    with pytest.raises(UserError, match="use --resume"):
-        open_run_dir(run, resume=False)
 
 
-def test_resume_needs_a_checkpoint_and_bad_folders_are_user_errors(tmp_path):
+def test_a_start_that_died_before_its_first_checkpoint_never_blocks(tmp_path):
+    run = tmp_path / "run"
+    _claimed(run)  # config.yaml and an empty checkpoints/ only
+    assert inspect_run_dir(run, resume=False, overwrite=False) is Start.FRESH
+    assert inspect_run_dir(run, resume=True, overwrite=False) is Start.FRESH
+
+
+def test_a_run_is_refused_without_resume_or_overwrite(tmp_path):
+    run = tmp_path / "run"
+    _claimed(run)
+    (run / LAST).write_bytes(b"x")
+    with pytest.raises(UserError, match="holds a run; use --resume, --overwrite"):
+        inspect_run_dir(run, resume=False, overwrite=False)
+    assert inspect_run_dir(run, resume=True, overwrite=False) is Start.RESUME
+    assert inspect_run_dir(run, resume=False, overwrite=True) is Start.REPLACE
+    with pytest.raises(UserError, match="pass one of them"):
+        inspect_run_dir(run, resume=True, overwrite=True)
+
+
+def test_foreign_files_are_refused_and_resume_needs_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="exists and is not empty"):
+        inspect_run_dir(tmp_path, resume=False, overwrite=False)
     with pytest.raises(UserError, match="nothing to resume"):
-        open_run_dir(tmp_path, resume=True)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"x")
-    assert open_run_dir(tmp_path, resume=True) == tmp_path / "checkpoints" / "last.pt"
+        inspect_run_dir(tmp_path, resume=True, overwrite=False)
+
+
+def test_a_file_as_run_dir_and_an_unwritable_parent_are_refused(tmp_path):
     blocker = tmp_path / "file"
-    blocker.write_text("")
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        inspect_run_dir(blocker, resume=False, overwrite=False)
     with pytest.raises(UserError, match="cannot create the run folder"):
-        open_run_dir(blocker / "run", resume=False)
+        inspect_run_dir(blocker / "run", resume=False, overwrite=False)
+
+
+def test_overwrite_replaces_the_old_run_only_when_claimed(tmp_path):
+    run = tmp_path / "run"
+    _claimed(run)
+    (run / LAST).write_bytes(b"old")
+    assert inspect_run_dir(run, resume=False, overwrite=True) is Start.REPLACE
+    assert (run / LAST).read_bytes() == b"old"  # inspecting changes nothing
+    _claimed(run, Start.REPLACE)
+    assert not (run / LAST).exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the old copy is gone
+
+
+def test_a_locked_run_is_refused(tmp_path):
+    run = tmp_path / "run"
+    _claimed(run)
+    (run / LAST).write_bytes(b"x")
+    with run_lock(run), pytest.raises(UserError, match="another process is training this run"):
+        inspect_run_dir(run, resume=True, overwrite=False)
+    assert inspect_run_dir(run, resume=True, overwrite=False) is Start.RESUME
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    run = tmp_path / "run"
+    _claimed(run)
+    other = load_config(SegConfig, None, ["optim.lr=0.5"])
+    with (
+        pytest.raises(UserError, match=r"these keys differ: optim\.lr"),
+        claim_run_dir(run, Start.RESUME, other),
+    ):
+        pass

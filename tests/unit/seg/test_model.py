@@ -6,36 +6,41 @@ import pytest
 import torch
 
 from mlbseg.errors import UserError
+from mlbseg.seg.config import ModelConfig
 from mlbseg.seg.model import build_model
 
 SMALL = {"encoder": "resnet18", "decoder_channels": (16, 16, 8, 8)}
 
 
+def _model(in_channels: int = 1, **fields):
+    return build_model(ModelConfig(**fields), in_channels=in_channels)
+
+
 @pytest.mark.parametrize("arch", ["unetplusplus", "unet"])
 def test_144_input_gives_144_logits(arch):
-    model = build_model(arch=arch, **SMALL).eval()
+    model = _model(arch=arch, **SMALL).eval()
     with torch.no_grad():
         logits = model(torch.rand(2, 1, 144, 144))
     assert logits.shape == (2, 1, 144, 144)
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(UserError, match=r"'unetplusplus'.*") as error:
-        build_model(arch="unet+++")
+    with pytest.raises(UserError, match=r"model\.arch: unknown 'unet\+\+\+'.*'unetplusplus'") as error:
+        _model(arch="unet+++")
     assert "unet" in str(error.value)
     with pytest.raises(UserError, match=r"Unknown encoder 'resnet35'.*'resnet34'"):
-        build_model(encoder="resnet35")
+        _model(encoder="resnet35")
     with pytest.raises(UserError, match="decoder_channels"):
-        build_model(encoder="resnet18", decoder_channels=(16, 8))
+        _model(encoder="resnet18", decoder_channels=(16, 8))
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
 def test_local_rgb_weights_are_loaded_and_summed_to_one_channel(tmp_path, wrap):
-    source = build_model(in_channels=3, **SMALL)
+    source = _model(in_channels=3, **SMALL)
     state = source.encoder.state_dict()
     path = tmp_path / "encoder.pt"
     torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
-    model = build_model(in_channels=1, encoder_weights=str(path), **SMALL)
+    model = _model(in_channels=1, encoder_weights=str(path), **SMALL)
     loaded = model.encoder.state_dict()
     torch.testing.assert_close(loaded["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
     for key in ("layer4.1.conv2.weight", "bn1.running_var", "layer1.0.bn1.bias"):
@@ -43,10 +48,10 @@ def test_local_rgb_weights_are_loaded_and_summed_to_one_channel(tmp_path, wrap):
 
 
 def test_local_weights_same_channels_load_exactly(tmp_path):
-    source = build_model(**SMALL)
+    source = _model(**SMALL)
     path = tmp_path / "encoder.pth"
     torch.save(source.encoder.state_dict(), path)
-    model = build_model(encoder_weights=str(path), **SMALL)
+    model = _model(encoder_weights=str(path), **SMALL)
     for key, value in source.encoder.state_dict().items():
         torch.testing.assert_close(model.encoder.state_dict()[key], value)
 
@@ -54,31 +59,31 @@ def test_local_weights_same_channels_load_exactly(tmp_path):
 def test_bad_weight_files_name_the_file(tmp_path):
     missing = tmp_path / "missing.pt"
     with pytest.raises(UserError, match=r"missing\.pt"):
-        build_model(encoder_weights=str(missing), **SMALL)
+        _model(encoder_weights=str(missing), **SMALL)
     with pytest.raises(UserError, match="imagenet"):
-        build_model(encoder_weights="imagenet", **SMALL)
+        _model(encoder_weights="imagenet", **SMALL)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=r"garbage\.pt"):
-        build_model(encoder_weights=str(garbage), **SMALL)
+        _model(encoder_weights=str(garbage), **SMALL)
     other = tmp_path / "other.pt"
-    torch.save(build_model(encoder="resnet34", decoder_channels=(16, 16, 8, 8)).encoder.state_dict(), other)
+    torch.save(_model(encoder="resnet34", decoder_channels=(16, 16, 8, 8)).encoder.state_dict(), other)
     with pytest.raises(UserError, match=r"other\.pt.*does not match"):
-        build_model(encoder_weights=str(other), **SMALL)
+        _model(encoder_weights=str(other), **SMALL)
 
 
 def test_timm_encoder_names_are_checked_with_timm():
     with pytest.raises(UserError, match="tu-not_a_model"):
-        build_model(encoder="tu-not_a_model")
+        _model(encoder="tu-not_a_model")
 
 
 def test_foreground_prior_starts_the_head_at_that_probability():
     torch.manual_seed(0)
     images = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        plain = build_model(**SMALL).eval()(images).sigmoid().mean()
+        plain = _model(**SMALL).eval()(images).sigmoid().mean()
         torch.manual_seed(0)
-        model = build_model(foreground_prior=0.03, **SMALL).eval()
+        model = _model(foreground_prior=0.03, **SMALL).eval()
         primed = model(images).sigmoid().mean()
     assert torch.sigmoid(model.segmentation_head[0].bias).item() == pytest.approx(0.03)
     assert primed < 0.1 < plain  # smp's zero bias starts near 0.5 (0.38 here)
@@ -87,4 +92,4 @@ def test_foreground_prior_starts_the_head_at_that_probability():
 @pytest.mark.parametrize("prior", [0.0, 1.0, -0.1])
 def test_foreground_prior_outside_0_1_is_refused(prior):
     with pytest.raises(UserError, match=r"model\.foreground_prior: must be in"):
-        build_model(foreground_prior=prior, **SMALL)
+        _model(foreground_prior=prior, **SMALL)

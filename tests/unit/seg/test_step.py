@@ -12,7 +12,9 @@ def _step(name: str) -> SegmentationStep:
     model = nn.Conv2d(1, 1, 3, padding=1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     method = MethodConfig(name=name, views=ViewsConfig(zoom_pads=(2, 4)))
-    return SegmentationStep(model, optimizer, method, DataConfig(), 0.2, None, torch.Generator(), None)
+    return SegmentationStep(
+        model, optimizer, method=method, data=DataConfig(), grad_clip_norm=0.2, generator=torch.Generator()
+    )
 
 
 def _slices(count: int = 3, size: int = 16) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

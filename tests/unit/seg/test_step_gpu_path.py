@@ -30,7 +30,14 @@ def _step(model: nn.Module, device: str, amp_dtype=None, compile_model=False) ->
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator(device=device).manual_seed(0)
     return SegmentationStep(
-        model, optimizer, METHOD, DataConfig(), 0.2, None, generator, amp_dtype, compile_model=compile_model
+        model,
+        optimizer,
+        method=METHOD,
+        data=DataConfig(),
+        grad_clip_norm=0.2,
+        generator=generator,
+        amp_dtype=amp_dtype,
+        compile_model=compile_model,
     )
 
 
