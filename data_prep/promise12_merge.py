@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from mlbseg.errors import UserError
-from mlbseg.prep.atomic import atomic_folder
+from mlbseg.engine.atomic import atomic_folder
 from mlbseg.prep.discovery import discover_cases
 
 

@@ -1,10 +1,10 @@
 """Clothing1M: real-world noisy labels, a per-epoch class-balanced training sample, clean val/test lists.
 
-Layout under ``root`` (REFERENCE.md §3): ``images/…`` and the list files ``noisy_label_kv.txt`` /
+Layout under ``root`` (docs/reference.md §3): ``images/…`` and the list files ``noisy_label_kv.txt`` /
 ``clean_label_kv.txt`` (lines ``images/<a>/<b>/<name>.jpg <label>``), ``noisy_train_key_list.txt``,
 ``clean_val_key_list.txt`` and ``clean_test_key_list.txt`` (one key per line). Keys are paths relative to
-``root``. The lists are parsed once into numpy string arrays (no per-epoch re-parsing, §7.26; string arrays
-rather than Python lists keep DataLoader workers from copying them page by page).
+``root``. The lists are parsed once into numpy string arrays (no per-epoch re-parsing, §7 item 26; string
+arrays rather than Python lists keep DataLoader workers from copying them page by page).
 
 Training uses the whole noisy list through :class:`BalancedEpochSampler`, which draws a fresh class-balanced
 sample of ``num_batches × batch_size`` images each epoch, seeded by (seed, epoch).

@@ -4,8 +4,8 @@ Layout under ``root``: ``ISIC_2019_Training_GroundTruth.csv`` (header
 ``image,MEL,NV,BCC,AK,BKL,DF,VASC,SCC,UNK``, one-hot cells written ``0.0``/``1.0``, CRLF or LF) and
 ``ISIC_2019_Training_Input/<image>.jpg``. The split is either read from ``train.lst``, ``val.lst`` (the meta
 set) and ``test.lst`` in ``split_dir`` (one image id per line, as the reference ships them) or drawn
-class-stratified from a seed. Items keep the CSV order, filtered by split membership (REFERENCE.md §4), which
-the ``l2b_*`` noise draws depend on.
+class-stratified from a seed. Items keep the CSV order, filtered by split membership (docs/reference.md §4),
+which the ``l2b_*`` noise draws depend on.
 """
 
 from __future__ import annotations

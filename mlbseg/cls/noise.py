@@ -1,6 +1,6 @@
 """Synthetic label noise: the L2B reference's corruption matrices and the conventional schemes.
 
-Two families (REFERENCE.md §2, §4 and §7 items 11–13):
+Two families (docs/reference.md §2, §4 and §7 items 11–13):
 
 - ``l2b_unif`` / ``l2b_flip`` reproduce the reference code. A row-stochastic corruption matrix C is built
   and every label is redrawn as ``y ~ Categorical(C[y])``, one uniform double per sample in order, exactly as
@@ -67,7 +67,7 @@ def l2b_flip_stream(num_classes: int) -> tuple[np.ndarray, np.random.RandomState
 
     The reference calls ``np.random.seed(1)`` and then, for i = 0..K−1, picks one target uniformly from the
     ascending list of the other classes. The CIFAR reference then keeps drawing its labels from that same
-    stream, which is why the returned ``RandomState`` is useful (REFERENCE.md §2, quirk §7.11).
+    stream, which is why the returned ``RandomState`` is useful (docs/reference.md §2, quirk §7.11).
 
     Returns:
         targets int64 [K] (``targets[i] != i``) and the ``RandomState(1)`` after the K target draws.

@@ -1,7 +1,8 @@
 """Image transforms of the classification datasets (PIL image in, normalised float tensor [3, H, W] out).
 
-Follows REFERENCE.md §2–4, with two documented departures: CIFAR-100 is normalised with its own statistics
-(the reference reuses CIFAR-10's, §7.17), and ISIC images are resized before the ±180° rotation (§7.25).
+Follows docs/reference.md §2–4, with two documented departures: CIFAR-100 is normalised with its own
+statistics (the reference reuses CIFAR-10's, §7 item 17), and ISIC images are resized before the ±180°
+rotation (docs/reference.md §7 item 25).
 """
 
 from __future__ import annotations

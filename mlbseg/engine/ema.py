@@ -1,7 +1,7 @@
 """Exponential-moving-average teacher (MLB-Seg's mean teacher), with the reference's defects fixed.
 
-Differences from the reference (REFERENCE.md §6.8, §7 item 45): the step counter is global, not reset every
-epoch; buffers (BatchNorm statistics) are copied from the student; the teacher is checkpointed.
+Differences from the reference (docs/reference.md §6.8, §7 item 45): the step counter is global, not reset
+every epoch; buffers (BatchNorm statistics) are copied from the student; the teacher is checkpointed.
 """
 
 from __future__ import annotations

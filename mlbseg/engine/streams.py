@@ -1,6 +1,6 @@
 """Index streams on the training device: epoch permutations and the infinite meta-batch stream.
 
-The reference re-created its meta loader iterator every step (REFERENCE.md §7 items 1–2); here one stream
+The reference re-created its meta loader iterator every step (docs/reference.md §7 items 1–2); here one stream
 lives for the whole run, reshuffles when exhausted, and its position is part of the checkpoint.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation at the original geometry (DESIGN.md §5) and mask export in a volume's own header.
+"""Evaluation at the original geometry (docs/evaluation.md §1) and mask export in a volume's own header.
 
 - :mod:`~mlbseg.evaluation.resample`: slice-grid probabilities back to the original in-plane size.
 - :mod:`~mlbseg.evaluation.metrics`: per-volume Dice and HD95 (mm), and their summary over cases.

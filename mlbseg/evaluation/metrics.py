@@ -1,4 +1,4 @@
-"""Per-volume Dice and HD95 at the original geometry, and their summary over test cases (DESIGN.md §5).
+"""Per-volume Dice and HD95 at the original geometry and their summary over test cases (docs/evaluation.md).
 
 Conventions (PROMISE12 has no empty reference volume, so they matter only for failed predictions or for
 other data):
@@ -102,7 +102,7 @@ def volume_hd95(pred: np.ndarray | Tensor, ref: np.ndarray | Tensor, spacing_zyx
 def evaluate_volume(
     probs: np.ndarray | Tensor, mask_original: np.ndarray | Tensor, spacing_zyx: Sequence[float]
 ) -> dict[str, float]:
-    """Score one test volume by the protocol of DESIGN.md §5.
+    """Score one test volume by the protocol of docs/evaluation.md §1.
 
     Resize the slice probabilities back to the original in-plane size, threshold at 0.5 (strictly
     greater), then compute 3-D Dice and HD95 against the untouched reference.

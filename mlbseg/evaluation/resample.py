@@ -1,4 +1,4 @@
-"""Put slice-grid probabilities back onto a volume's original in-plane grid (DESIGN.md §5, ECOSYSTEM.md §2.4).
+"""Put slice-grid probabilities back onto a volume's original in-plane grid (docs/evaluation.md §1).
 
 Prepare resizes every axial slice of the whole field of view to 144×144 with a bilinear, pixel-centre
 (``align_corners=False``) resize and no crop. The inverse used for evaluation and prediction is the same

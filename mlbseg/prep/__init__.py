@@ -1,1 +1,1 @@
-"""Data preparation: raw volumes -> prepared slices, splits and calibrated noisy masks (DESIGN.md §2)."""
+"""Data preparation: raw volumes -> prepared slices, splits and calibrated noisy masks (docs/design.md §2)."""

@@ -1,4 +1,4 @@
-"""Exchange data with the published L2B / MLB-Seg code's ``.npy`` layout (REFERENCE.md §6.1, §6.2).
+"""Exchange data with the published L2B / MLB-Seg code's ``.npy`` layout (docs/reference.md §6.1, §6.2).
 
 That code stores pickled dicts with ``np.save``: whole volumes ``{img, label}`` (S×H×W) and one file per
 training slice ``{img, label, noisy_label}`` (meta slices ``{img, label}``), plus a MATLAB split file with
@@ -7,7 +7,7 @@ the keys ``train_l2b``, ``meta_l2b`` and ``test``. Folder names follow MLB-Seg's
     OUT/original_data/<id>.npy      {img: float32 [S, size, size] in [0, 1], label: uint8 [S, size, size]}
     OUT/train/<id>_<i>.npy          {img, label, noisy_label}: [size, size] slices of the train cases
     OUT/meta_train/<id>_<i>.npy     {img, label}: slices of the meta cases (their own folder, unlike the
-                                    reference script, REFERENCE.md §7 item 34)
+                                    reference script, docs/reference.md §7 item 34)
     OUT/split_info.mat              train_l2b, meta_l2b, test: case ids
 
 Importing reads such ``{img, label}`` volumes back into NIfTI pairs that ``mlbseg prepare`` reads. The

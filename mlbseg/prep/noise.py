@@ -1,10 +1,10 @@
 """Synthetic noisy masks from the paper's operation families, with one strength knob s ∈ [0, 1].
 
-The paper (appendix A.4) corrupts training masks by random rotation, erosion and dilation; the published
-script (REFERENCE.md §6.3) adds replacement by the bounding-box ellipse and drops small slices. Its kernel
-tables are in pixels of whatever resolution it ran at, so the same table gives other Dice on other data.
-Here every operation scales with **each slice's own gland size** and with one strength ``s``, so a level is
-"the s whose mean Dice hits the target" (found by :mod:`mlbseg.prep.calibrate`) and transfers across
+The paper (docs/method.md §7.2) corrupts training masks by random rotation, erosion and dilation; the
+published script (docs/reference.md §6.3) adds replacement by the bounding-box ellipse and drops small slices.
+Its kernel tables are in pixels of whatever resolution it ran at, so the same table gives other Dice on other
+data. Here every operation scales with **each slice's own gland size** and with one strength ``s``, so a level
+is "the s whose mean Dice hits the target" (found by :mod:`mlbseg.prep.calibrate`) and transfers across
 datasets and resolutions. For every foreground slice of a [S, H, W] mask, with R = √(area / π) in pixels:
 
 1. **slice loss**: slices smaller than ``s · 0.3 ·`` (largest slice area) lose all foreground;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-TARGET_DICE = {"L1": 0.4148, "L2": 0.6206, "L3": 0.8031}  # paper appendix A.4
+TARGET_DICE = {"L1": 0.4148, "L2": 0.6206, "L3": 0.8031}  # docs/method.md §7.2
 LEVELS = tuple(TARGET_DICE)
 
 ANGLE_RANGE_DEG = (5.0, 25.0)

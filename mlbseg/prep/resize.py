@@ -10,7 +10,7 @@ filter of PIL's ``BILINEAR`` resize, which the reference used, and of ``torch.nn
 
 Masks are resized as float 0/1 with the same filter and thresholded at 0.5, so boundaries neither shift
 nor grow: the foreground area is preserved up to boundary rounding (the reference thresholded at ``> 0``,
-a systematic dilation, REFERENCE.md §7 item 40).
+a systematic dilation, docs/reference.md §7 item 40).
 """
 
 from __future__ import annotations

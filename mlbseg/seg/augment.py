@@ -1,8 +1,8 @@
-"""Dataset-level augmentation on the device: random horizontal flip and small rotation (REFERENCE.md §6.4).
+"""Dataset-level augmentation on the device: a random horizontal flip and small rotation (docs/reference.md).
 
 The reference re-seeds the global RNGs per item so that image and masks get the same PIL transform, and
-thresholds bilinearly resized masks at ``> 0`` (a systematic dilation, §7.40–41). Here one affine warp per
-batch applies the same per-sample parameters to the image and all its masks: images bilinear, masks
+thresholds bilinearly resized masks at ``> 0`` (a systematic dilation, §7 item 40–41). Here one affine warp
+per batch applies the same per-sample parameters to the image and all its masks: images bilinear, masks
 nearest (no dilation), zero fill, randomness only from an explicit generator.
 """
 

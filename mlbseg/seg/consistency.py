@@ -1,12 +1,13 @@
-"""Multi-view consistency loss of MLB-Seg (REFERENCE.md §6.7), symmetric and restricted to valid pixels.
+"""Multi-view consistency loss of MLB-Seg (docs/reference.md §6.7), symmetric and restricted to valid pixels.
 
 Deviations from the reference, on purpose:
 
 - All 10 view pairs of a sample are compared in one common frame (the identity view's) instead of in the
   lower-indexed view's geometry; each pair is compared only where both views saw the pixel, so the border a
-  zoom-in cropped away no longer pulls the other views toward 0 (§7.43).
+  zoom-in cropped away no longer pulls the other views toward 0 (docs/reference.md §7 item 43).
 - Gradient flows into *both* views of every pair. The reference detaches the mapped view through a
-  numpy/cv2 round trip (§7.44), which makes the loss one-sided for reasons of implementation, not design.
+  numpy/cv2 round trip (docs/reference.md §7 item 44), which makes the loss one-sided for reasons of
+  implementation, not design.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Five geometric views of a batch, their exact inverse, and pseudo-label averaging (REFERENCE.md §6.5–6.6).
+"""Five geometric views of a batch, their exact inverse, and pseudo-label averaging (docs/reference.md §6.5).
 
 Every view is an axis-aligned scale about the image centre in the normalised coordinates of
 :func:`torch.nn.functional.affine_grid` (``align_corners=False``), so the views of all samples come from one
@@ -11,9 +11,9 @@ Every view is an axis-aligned scale about the image centre in the normalised coo
 
 Views are stacked sample-major: rows 5i..5i+4 are identity, zoom-in by p_in, zoom-out by p1, zoom-out by p2
 (p1 ≠ p2) and the flip of sample i. Bilinear resampling here equals ``F.interpolate(..., "bilinear")``
-followed by the crop or the pad, up to float rounding. Unlike the reference (REFERENCE.md §7.42–43) nothing
-leaves the device, there is no per-sample loop, and pixels a view never saw (the border a zoom-in crops
-away) are marked invalid instead of being averaged in as zeros.
+followed by the crop or the pad, up to float rounding. Unlike the reference (docs/reference.md §7 items 42–43)
+nothing leaves the device, there is no per-sample loop, and pixels a view never saw (the border a zoom-in
+crops away) are marked invalid instead of being averaged in as zeros.
 
 Geometry (grids, resampling) runs in float32 (float64 for float64 input), which is also what autocast does
 with ``grid_sample``; results are returned in the input dtype.
@@ -64,7 +64,7 @@ def make_views(
     generator: torch.Generator,
     zoom_pads: Sequence[int] = DEFAULT_ZOOM_PADS,
 ) -> tuple[Tensor, tuple[Tensor, ...], ViewParams]:
-    """Five views per sample: identity, zoom-in, two distinct zoom-outs and a flip (REFERENCE.md §6.5).
+    """Five views per sample: identity, zoom-in, two distinct zoom-outs and a flip (docs/reference.md §6.5).
 
     Per sample, p_in is drawn uniformly from ``zoom_pads``, (p1, p2) without replacement from ``zoom_pads``,
     and the flip uniformly from {vertical, horizontal, both}, all with ``generator``.
@@ -154,7 +154,9 @@ def reference_frame_float(view_maps: Tensor, params: ViewParams) -> tuple[Tensor
 
 
 def average_pseudo_labels(view_probs: Tensor, params: ViewParams) -> Tensor:
-    """Hard multi-view pseudo-labels: the masked mean of the back-mapped views, re-projected (§6.6, §7.43).
+    """Hard multi-view pseudo-labels: the masked mean of the back-mapped views, re-projected.
+
+    The reference's averaging is docs/reference.md §6.6; its zero-padded borders are §7 item 43.
 
     Per sample, the five back-mapped probability maps are averaged over the views that saw each pixel (the
     identity view sees all), the mean is warped into every view's geometry with the forward transforms

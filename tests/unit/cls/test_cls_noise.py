@@ -19,7 +19,7 @@ from mlbseg.cls.noise import (
 )
 from mlbseg.errors import UserError
 
-# REFERENCE.md §2 / §4 (verified against the reference's numpy legacy RNG).
+# docs/reference.md §2 / §4 (verified against the reference's numpy legacy RNG).
 CIFAR10_FLIP = [6, 9, 6, 0, 0, 1, 8, 6, 2, 4]
 CIFAR100_FLIP = [
     38, 13, 73, 10, 76, 6, 80, 65, 17, 1, 77, 72, 6, 26, 51, 21, 19, 85, 11, 29,
