@@ -1,20 +1,21 @@
 """Per-iteration time and peak memory of the meta-weighting engine against a plain training step.
 
 Three modes on the same model and batch (smp UNet++, resnet34 encoder, encoder_depth=4, decoder channels
-(256, 128, 64, 32), 1 channel in and out, 144x144; 5 training views, 10 meta views; SGD momentum 0.9,
-weight decay 5e-4):
+(256, 128, 64, 32), 1 channel in and out, 144x144; 5 training views, 10 meta views), each with two
+optimisers, SGD (lr 0.01, momentum 0.9, weight decay 5e-4) and AdamW (lr 1e-3, betas (0.9, 0.999),
+decoupled weight decay 1e-2), whose virtual steps the engine replicates from their state:
 
-- ``plain``: forward + backward + SGD step on the mean BCE;
+- ``plain``: forward + backward + optimiser step on the mean BCE;
 - ``lookahead``: ``bootstrap_weights(method="lookahead")`` + the real step on the weighted BCE;
 - ``forward``: ``bootstrap_weights(method="forward")`` + the same real step.
 
-Set-up (in every worker process): build, fixed pseudo-labels, one real step so momentum buffers exist.
-Time: one process runs the modes interleaved, round by round (``--warmup`` untimed rounds, then
-``--iters`` timed ones; median), so a shared machine's changing load hits every mode alike. Memory: each
-mode in a fresh process; on CUDA ``torch.cuda.max_memory_allocated`` above the memory allocated after
-set-up, on CPU the process's peak RSS (``ru_maxrss``) above its RSS after set-up (after ``malloc_trim``),
-i.e. the extra memory an iteration needs at its peak. Prints a table and one JSON line, and rewrites the
-"meta_step" section of docs/performance.md (``--no-write`` to skip).
+Set-up (in every worker process): build, fixed pseudo-labels, one real step so momentum buffers (SGD) or
+moments (AdamW) exist. Time: one process runs the six runs (optimiser × mode) interleaved, round by round
+(``--warmup`` untimed rounds, then ``--iters`` timed ones; median), so a shared machine's changing load hits
+every run alike. Memory: each run in a fresh process; on CUDA ``torch.cuda.max_memory_allocated`` above the
+memory allocated after set-up, on CPU the process's peak RSS (``ru_maxrss``) above its RSS after set-up
+(after ``malloc_trim``), i.e. the extra memory an iteration needs at its peak. Prints a table and one JSON
+line, and rewrites the "meta_step" section of docs/performance.md (``--no-write`` to skip).
 
 Usage: ``python benchmarks/meta_step.py [--device cuda] [--iters 2] [--warmup 1] [--threads 1]``
 """
@@ -34,12 +35,14 @@ import warnings
 from pathlib import Path
 
 MODES = ("plain", "lookahead", "forward")
-WORKERS = ("timing", *(f"memory:{mode}" for mode in MODES))
+OPTIMIZERS = ("sgd", "adamw")
+RUNS = tuple(f"{optimizer}:{mode}" for optimizer in OPTIMIZERS for mode in MODES)
+WORKERS = ("timing", *(f"memory:{run}" for run in RUNS))
 TRAIN_VIEWS, META_VIEWS, SIZE = 5, 10, 144
 
 
-def build(device: str):
-    """Model, optimiser and fixed batches (seeded; identical in every subprocess)."""
+def build(device: str, optimizer_name: str):
+    """Model, optimiser and fixed batches (seeded: the same model and batches for both optimisers)."""
     import segmentation_models_pytorch as smp
     import torch
 
@@ -52,7 +55,10 @@ def build(device: str):
         in_channels=1,
         classes=1,
     ).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if optimizer_name == "adamw":
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     generator = torch.Generator().manual_seed(0)
 
     def views(count: int):
@@ -65,7 +71,7 @@ def build(device: str):
 
 
 def real_step(model, optimizer, inputs, noisy, pseudo, alpha=None, beta=None) -> None:
-    """One SGD step: mean BCE (plain) or the α/β-weighted sum of both per-pixel BCE maps."""
+    """One optimiser step: mean BCE (plain) or the α/β-weighted sum of both per-pixel BCE maps."""
     import torch.nn.functional as F
 
     logits = model(inputs)
@@ -104,17 +110,17 @@ def rss_mb() -> float:
     raise RuntimeError("no VmRSS in /proc/self/status: peak-RSS measurement needs Linux")
 
 
-def prepare(args: argparse.Namespace):
-    """Set-up shared by both workers: model, optimiser (with momentum buffers), batch, pseudo-labels."""
+def prepare(args: argparse.Namespace, optimizer_name: str):
+    """Set-up of one optimiser's runs: model, optimiser (with its state), batch, pseudo-labels."""
     import torch
 
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, optimizer, batch = build(args.device)
+    model, optimizer, batch = build(args.device, optimizer_name)
     with torch.no_grad():
         pseudo = (model(batch[0]) > 0).float()  # fixed pseudo-labels, the same for both methods
-    real_step(model, optimizer, batch[0], batch[1], pseudo)  # creates the momentum buffers
+    real_step(model, optimizer, batch[0], batch[1], pseudo)  # creates momentum buffers / Adam moments
     return model, optimizer, batch, pseudo
 
 
@@ -127,34 +133,36 @@ def synchronize(device: str) -> None:
 
 
 def timing_worker(args: argparse.Namespace) -> dict:
-    """Seconds per iteration of every mode, interleaved round by round in one process.
+    """Seconds per iteration of every run (optimiser × mode), interleaved round by round in one process.
 
-    Interleaving spreads slow drifts of a shared machine's load evenly over the modes. Returns the median
-    wall-clock seconds and the median process CPU seconds (all threads) per mode.
+    Interleaving spreads slow drifts of a shared machine's load evenly over the runs. Returns the median
+    wall-clock seconds and the median process CPU seconds (all threads) per run.
     """
-    model, optimizer, batch, pseudo = prepare(args)
-    wall: dict[str, list[float]] = {mode: [] for mode in MODES}
-    cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+    setups = {name: prepare(args, name) for name in OPTIMIZERS}
+    wall: dict[str, list[float]] = {run: [] for run in RUNS}
+    cpu: dict[str, list[float]] = {run: [] for run in RUNS}
     for round_index in range(args.warmup + args.iters):
-        for mode in MODES:
+        for run in RUNS:
+            optimizer_name, mode = run.split(":")
             synchronize(args.device)
             start_wall, start_cpu = time.perf_counter(), time.process_time()
-            iteration(mode, model, optimizer, batch, pseudo)
+            iteration(mode, *setups[optimizer_name])
             synchronize(args.device)
             if round_index >= args.warmup:
-                wall[mode].append(time.perf_counter() - start_wall)
-                cpu[mode].append(time.process_time() - start_cpu)
+                wall[run].append(time.perf_counter() - start_wall)
+                cpu[run].append(time.process_time() - start_cpu)
     return {
-        mode: {"seconds": statistics.median(wall[mode]), "cpu_seconds": statistics.median(cpu[mode])}
-        for mode in MODES
+        run: {"seconds": statistics.median(wall[run]), "cpu_seconds": statistics.median(cpu[run])}
+        for run in RUNS
     }
 
 
-def memory_worker(mode: str, args: argparse.Namespace) -> dict:
-    """Peak extra MiB of one ``mode`` iteration above the memory held after set-up (fresh process)."""
+def memory_worker(run: str, args: argparse.Namespace) -> dict:
+    """Peak extra MiB of one iteration of ``run`` ("optimiser:mode") above the memory held after set-up."""
     import torch
 
-    model, optimizer, batch, pseudo = prepare(args)
+    optimizer_name, mode = run.split(":")
+    model, optimizer, batch, pseudo = prepare(args, optimizer_name)
     cuda = args.device.startswith("cuda")
     if cuda:
         synchronize(args.device)
@@ -182,57 +190,73 @@ def run_worker(worker: str, args: argparse.Namespace) -> dict:
 
 
 def measure(args: argparse.Namespace) -> dict[str, dict]:
-    """Per mode: median seconds, CPU seconds and peak extra MiB."""
+    """Per run ("optimiser:mode"): median seconds, CPU seconds and peak extra MiB."""
     records = run_worker("timing", args)
-    for mode in MODES:
-        records[mode].update(run_worker(f"memory:{mode}", args))
+    for run in RUNS:
+        records[run].update(run_worker(f"memory:{run}", args))
     return records
 
 
+def ratios(records: dict[str, dict], optimizer_name: str) -> dict[str, float]:
+    """The ratios forward / lookahead of one optimiser: wall time, CPU time and peak extra memory."""
+    forward, lookahead = records[f"{optimizer_name}:forward"], records[f"{optimizer_name}:lookahead"]
+    return {
+        "time": forward["seconds"] / lookahead["seconds"],
+        "cpu_time": forward["cpu_seconds"] / lookahead["cpu_seconds"],
+        "memory": forward["peak_extra_mib"] / lookahead["peak_extra_mib"],
+    }
+
+
 def report(records: dict[str, dict], args: argparse.Namespace) -> tuple[str, dict]:
-    """The Markdown table and the JSON record of one run."""
-    plain, lookahead, forward = (records[mode] for mode in MODES)
+    """The Markdown table and the JSON record of one run (SGD keys unprefixed, AdamW's ``adamw_``)."""
     memory = "CUDA max_memory_allocated" if args.device.startswith("cuda") else "peak RSS increase"
     lines = [
-        f"| mode | s / iteration | x plain | CPU s / iteration | peak extra MiB ({memory}) |",
-        "|---|---|---|---|---|",
+        f"| optimizer | mode | s / iteration | x plain | CPU s / iteration | peak extra MiB ({memory}) |",
+        "|---|---|---|---|---|---|",
     ]
-    for mode in MODES:
-        record = records[mode]
-        ratio = record["seconds"] / plain["seconds"]
-        lines.append(
-            f"| {mode} | {record['seconds']:.3f} | {ratio:.2f} | {record['cpu_seconds']:.3f} "
-            f"| {record['peak_extra_mib']:.0f} |"
-        )
-    summary = {
+    summary: dict = {
         "benchmark": "meta_step",
         "device": args.device,
         "threads": args.threads or "default",
         "iters": args.iters,
         "warmup": args.warmup,
         "memory_measure": memory,
-        **{f"{mode}_s": records[mode]["seconds"] for mode in MODES},
-        **{f"{mode}_cpu_s": records[mode]["cpu_seconds"] for mode in MODES},
-        **{f"{mode}_peak_extra_mib": records[mode]["peak_extra_mib"] for mode in MODES},
-        "time_ratio_forward_lookahead": forward["seconds"] / lookahead["seconds"],
-        "cpu_time_ratio_forward_lookahead": forward["cpu_seconds"] / lookahead["cpu_seconds"],
-        "memory_ratio_forward_lookahead": forward["peak_extra_mib"] / lookahead["peak_extra_mib"],
     }
+    for optimizer_name in OPTIMIZERS:
+        prefix = "" if optimizer_name == "sgd" else f"{optimizer_name}_"
+        plain = records[f"{optimizer_name}:plain"]
+        for mode in MODES:
+            record = records[f"{optimizer_name}:{mode}"]
+            ratio = record["seconds"] / plain["seconds"]
+            lines.append(
+                f"| {optimizer_name} | {mode} | {record['seconds']:.3f} | {ratio:.2f} "
+                f"| {record['cpu_seconds']:.3f} | {record['peak_extra_mib']:.0f} |"
+            )
+            summary[f"{prefix}{mode}_s"] = record["seconds"]
+            summary[f"{prefix}{mode}_cpu_s"] = record["cpu_seconds"]
+            summary[f"{prefix}{mode}_peak_extra_mib"] = record["peak_extra_mib"]
+        for name, value in ratios(records, optimizer_name).items():
+            summary[f"{prefix}{name}_ratio_forward_lookahead"] = value
     return "\n".join(lines), summary
 
 
 def section_body(table: str, summary: dict, args: argparse.Namespace) -> str:
     """The docs/performance.md text: set-up, method of measurement, table and ratios."""
+    ratio_lines = [
+        f"{label} forward / lookahead: time {summary[f'{prefix}time_ratio_forward_lookahead']:.2f} "
+        f"(CPU time {summary[f'{prefix}cpu_time_ratio_forward_lookahead']:.2f}), "
+        f"memory {summary[f'{prefix}memory_ratio_forward_lookahead']:.2f}."
+        for label, prefix in (("SGD", ""), ("AdamW", "adamw_"))
+    ]
     return (
         f"UNet++ (resnet34, depth 4, decoder 256/128/64/32) at {SIZE}x{SIZE}, {TRAIN_VIEWS} training "
-        f"and {META_VIEWS} meta views, SGD momentum 0.9, wd 5e-4; device {args.device}, threads "
-        f"{summary['threads']}. Time: median of {args.iters} rounds after {args.warmup} warm-up, the "
-        "modes interleaved in one process (wall clock; CPU s = process CPU time, all threads). Memory: "
-        "each mode in a fresh process, the peak of its first iteration above the memory held after "
-        f"set-up ({summary['memory_measure']}).\n\n{table}\n\n"
-        f"forward / lookahead: time {summary['time_ratio_forward_lookahead']:.2f} "
-        f"(CPU time {summary['cpu_time_ratio_forward_lookahead']:.2f}), "
-        f"memory {summary['memory_ratio_forward_lookahead']:.2f}."
+        f"and {META_VIEWS} meta views; SGD lr 0.01, momentum 0.9, wd 5e-4 and AdamW lr 1e-3, wd 1e-2 "
+        f"(decoupled), each after one real step; device {args.device}, threads {summary['threads']}. "
+        f"Time: median of {args.iters} rounds after {args.warmup} warm-up, the six runs interleaved in "
+        "one process (wall clock; CPU s = process CPU time, all threads; x plain = against the same "
+        "optimizer's plain step). Memory: each run in a fresh process, the peak of its first iteration "
+        f"above the memory held after set-up ({summary['memory_measure']}).\n\n{table}\n\n"
+        + "\n\n".join(ratio_lines)
     )
 
 

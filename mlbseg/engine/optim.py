@@ -1,4 +1,4 @@
-"""Build the SGD optimizer and its per-epoch learning-rate schedule from their config sections."""
+"""Build the optimizer (SGD, Adam or AdamW) and its per-epoch learning-rate schedule from their configs."""
 
 from __future__ import annotations
 
@@ -9,16 +9,34 @@ from collections.abc import Callable, Iterable
 import torch
 
 from mlbseg.engine.config import OptimConfig, ScheduleConfig
+from mlbseg.errors import UserError
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.SGD:
-    """SGD over every parameter of ``model`` (weight decay on all, as the reference)."""
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-        nesterov=cfg.nesterov,
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``cfg.name`` over every parameter of ``model``, with weight decay on all (as the reference).
+
+    ``sgd``: lr, momentum, weight decay (coupled), nesterov. ``adam``: lr, betas, eps and coupled weight
+    decay (λθ added to the gradient; Kingma & Ba 2015). ``adamw``: the same with decoupled decay
+    (θ·(1 − lr·λ); Loshchilov & Hutter 2019). foreach/fused stay at torch's defaults: the meta engine
+    replicates the step's arithmetic, not its kernel, so any of them gives the same weights to rounding.
+
+    Raises:
+        UserError: ``optim.betas`` does not hold two numbers (their range is checked with the config).
+    """
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )
+    if len(cfg.betas) != 2:
+        raise UserError(f"optim.betas: must be two numbers [beta1, beta2], got {list(cfg.betas)}")
+    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    beta1, beta2 = cfg.betas
+    return kind(
+        model.parameters(), lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay
     )
 
 

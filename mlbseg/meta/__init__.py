@@ -1,17 +1,18 @@
 """The meta-weighting engine: per-element weights α and β of one training step (DESIGN.md §3).
 
-``bootstrap_weights`` is the API; ``get_normalizer`` and ``NORMALIZERS`` name the weight normalisations.
+``bootstrap_weights`` is the API; ``SCORERS`` names its scoring methods (``method=``), ``get_normalizer`` and
+``NORMALIZERS`` the weight normalisations.
 This package imports only torch and itself, so both tasks (segmentation, classification) can use it.
 """
 
 from __future__ import annotations
 
 from mlbseg.meta.normalize import NORMALIZERS, Normalizer, get_normalizer, resolve_normalizer_name
-from mlbseg.meta.weights import METHODS, bootstrap_weights
+from mlbseg.meta.weights import SCORERS, bootstrap_weights
 
 __all__ = [
-    "METHODS",
     "NORMALIZERS",
+    "SCORERS",
     "Normalizer",
     "bootstrap_weights",
     "get_normalizer",

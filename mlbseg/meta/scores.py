@@ -1,9 +1,12 @@
 """Raw meta scores w̃_i = −∂L_meta(θ̂(ε))/∂ε_i at ε = 0, by two methods that give the same numbers.
 
-``lookahead_scores`` is the reference formulation (a differentiable virtual SGD step, second order).
-``forward_scores`` is its exact first-order form: ``w̃_i = ⟨∇ℓ_i(θ), u⟩`` with ``u_p = k_p·∇_p L_meta(θ̂)``
-(k from :func:`~mlbseg.meta.lookahead.eps_sensitivity`), i.e. one ordinary backward of the meta loss at θ̂
-and one forward-mode JVP of the training logits along u.
+``lookahead_scores`` is the reference formulation (a differentiable virtual step of the real optimiser,
+second order; Ren et al., "Learning to Reweight Examples for Robust Deep Learning", ICML 2018, and L2B,
+Zhou et al., CVPR 2024). ``forward_scores`` is its exact first-order form: ``w̃_i = ⟨∇ℓ_i(θ), u⟩`` with
+``u_p = D_p ⊙ ∇_p L_meta(θ̂)``, where ``∂θ̂_p/∂ε_i = −D_p ⊙ ∇_p ℓ_i`` (the slot's ``sensitivity``: SGD's
+scalar :func:`~mlbseg.meta.lookahead.eps_sensitivity`, Adam's diagonal
+:func:`~mlbseg.meta.adam.adam_sensitivity` at the ε = 0 gradient), i.e. one ordinary backward of the meta
+loss at θ̂ and one forward-mode JVP of the training logits along u.
 
 All forwards run through ``torch.func.functional_call`` with detached parameter copies and *cloned*
 buffers, so the model's parameters, ``.grad`` fields and BatchNorm running statistics are never touched,
@@ -29,7 +32,7 @@ from torch.autograd import forward_ad
 from torch.func import functional_call
 
 from mlbseg.meta.costs import CostFunctions, meta_loss
-from mlbseg.meta.lookahead import SGDSlot, eps_sensitivity, virtual_step
+from mlbseg.meta.lookahead import Slot, virtual_step
 
 ExtraLoss = Callable[[Tensor], Tensor]  # training logits -> scalar, never reweighted
 Average = Callable[[list[Tensor]], None]  # replaces each tensor by its mean over the processes, in place
@@ -63,7 +66,7 @@ class MetaProblem(NamedTuple):
 
     Attributes:
         model: The network, in the mode of the real step (train).
-        slots: The optimiser's settings per trainable parameter name (``sgd_slots``).
+        slots: The optimiser's settings and state per trainable parameter name (``optimizer_slots``).
         costs: Per-element costs and their tangents for the loss in use.
         inputs: Training batch ``[N, ...]``.
         targets: One target tensor per label source: ``(noisy,)`` or ``(noisy, pseudo)``.
@@ -74,7 +77,7 @@ class MetaProblem(NamedTuple):
     """
 
     model: nn.Module
-    slots: dict[str, SGDSlot]
+    slots: dict[str, Slot]
     costs: CostFunctions
     inputs: Tensor
     targets: tuple[Tensor, ...]
@@ -104,7 +107,7 @@ def _call(model: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor
 
 
 def lookahead_scores(problem: MetaProblem) -> Tensor:
-    """Scores by differentiating through one virtual SGD step (the reference's ``higher`` computation).
+    """Scores by differentiating through one virtual optimiser step (the reference's ``higher`` computation).
 
     The chain rule is taken in two legs, v = ∇L_meta(θ̂) and then v back through θ̂(ε) to ε, so that v
     can be averaged across processes in between; on one process this is the single backward of the
@@ -155,27 +158,24 @@ def _virtual_gradients(
     return grads
 
 
-def look_ahead_parameters(
+def base_gradients(
     problem: MetaProblem, params: dict[str, Tensor], buffers: dict[str, Tensor]
 ) -> dict[str, Tensor]:
-    """θ̂: ``params`` after the virtual step at ε = 0, whose gradient is ∇extra(θ) (zero without extra).
+    """g0, the virtual loss's gradient at ε = 0: ∇extra(θ), or a 0-d zero without (or out of) its reach.
 
     Returns:
-        Detached look-ahead parameters by name.
+        Detached gradients by name (averaged across processes: ∇extra of the global batch).
     """
     if problem.extra_loss is None:
-        grads: dict[str, Tensor | None] = {name: param.new_zeros(()) for name, param in params.items()}
-    else:
-        leaves = {name: param.detach().requires_grad_() for name, param in params.items()}
-        extra = problem.extra_loss(_call(problem.model, leaves, buffers, problem.inputs))
-        found = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
-        problem.average([grad for grad in found if grad is not None])  # ∇extra of the global batch
-        grads = {
-            name: param.new_zeros(()) if grad is None else grad
-            for (name, param), grad in zip(params.items(), found, strict=True)
-        }
-    with torch.no_grad():
-        return virtual_step(params, grads, problem.slots)
+        return {name: param.new_zeros(()) for name, param in params.items()}
+    leaves = {name: param.detach().requires_grad_() for name, param in params.items()}
+    extra = problem.extra_loss(_call(problem.model, leaves, buffers, problem.inputs))
+    found = torch.autograd.grad(extra, list(leaves.values()), allow_unused=True)
+    problem.average([grad for grad in found if grad is not None])
+    return {
+        name: param.new_zeros(()) if grad is None else grad
+        for (name, param), grad in zip(params.items(), found, strict=True)
+    }
 
 
 def meta_gradient(
@@ -217,15 +217,39 @@ def cost_tangents(
         return torch.stack(per_source, dim=1)
 
 
+def _sensitivities(
+    problem: MetaProblem, params: dict[str, Tensor], base: dict[str, Tensor], *, eager: bool
+) -> Callable[[str], float | Tensor]:
+    """D by parameter name (the slots' ``sensitivity`` at g0 = ``base``), computed now or on each call.
+
+    ``eager`` when g0 holds one model's worth (an extra loss): D replaces it before the meta backward, and
+    SGD's D is a float. Otherwise g0 is 0-d, and Adam's D, as large as its parameter, is made only when its
+    tangent is scaled, one parameter at a time.
+    """
+    if not eager:
+        return lambda name: problem.slots[name].sensitivity(params[name], base[name])
+    with torch.no_grad():
+        ready = {name: problem.slots[name].sensitivity(params[name], grad) for name, grad in base.items()}
+    return ready.__getitem__
+
+
 def forward_scores(problem: MetaProblem) -> Tensor:
-    """Scores by the exact first-order form: θ̂, v = ∇L_meta(θ̂), then one JVP along u = k·v.
+    """Scores by the exact first-order form: θ̂, v = ∇L_meta(θ̂), then one JVP along u = D ⊙ v.
 
     Returns:
         Detached scores ``[N, S, ...]``, S = ``len(problem.targets)``.
     """
     buffers = _buffer_copies(problem.model)
     params = _trainable(problem, requires_grad=False)
-    meta_grad = meta_gradient(problem, look_ahead_parameters(problem, params, buffers), buffers)
-    # u = k·v, scaled in place: v itself is not needed again, and a copy would cost one model's worth.
-    tangents = {name: grad.mul_(eps_sensitivity(problem.slots[name])) for name, grad in meta_grad.items()}
+    base = base_gradients(problem, params, buffers)  # g0
+    with torch.no_grad():
+        look_ahead = virtual_step(params, base, problem.slots)  # θ̂ at ε = 0
+    factor = _sensitivities(problem, params, base, eager=problem.extra_loss is not None)
+    del base
+    meta_grad = meta_gradient(problem, look_ahead, buffers)
+    del look_ahead
+    with torch.no_grad():
+        # u = D ⊙ v, scaled in place: v itself is not needed again, and a copy would cost one model's worth.
+        tangents = {name: grad.mul_(factor(name)) for name, grad in meta_grad.items()}
+    del factor
     return cost_tangents(problem, params, tangents, buffers)

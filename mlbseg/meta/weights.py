@@ -1,7 +1,9 @@
 """``bootstrap_weights``: the per-element weights α (noisy label) and β (pseudo-label) of one step.
 
-DESIGN.md §3 is the contract. The scores come from one of :data:`METHODS`, the weights from a normaliser
-(:mod:`mlbseg.meta.normalize`).
+DESIGN.md §3 is the contract. The scores come from one of :data:`SCORERS` (chosen by ``method=``), the
+weights from a normaliser (:mod:`mlbseg.meta.normalize`). The virtual step is the real optimiser's:
+``torch.optim.SGD`` (:mod:`mlbseg.meta.lookahead`), ``torch.optim.Adam`` or ``AdamW``
+(:mod:`mlbseg.meta.adam`, Kingma & Ba 2015; Loshchilov & Hutter 2019).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from mlbseg.meta.costs import get_costs
-from mlbseg.meta.lookahead import sgd_slots
+from mlbseg.meta.lookahead import optimizer_slots
 from mlbseg.meta.normalize import Reduce, get_normalizer
 from mlbseg.meta.scores import (
     ExtraLoss,
@@ -24,21 +26,21 @@ from mlbseg.meta.scores import (
     lookahead_scores,
 )
 
-METHODS: dict[str, Callable[[MetaProblem], Tensor]] = {
+SCORERS: dict[str, Callable[[MetaProblem], Tensor]] = {
     "forward": forward_scores,
     "lookahead": lookahead_scores,
 }
 
 
-def get_method(method: str) -> Callable[[MetaProblem], Tensor]:
-    """The scoring method called ``method`` (``"forward"`` or ``"lookahead"``).
+def get_scorer(method: str) -> Callable[[MetaProblem], Tensor]:
+    """The scoring method called ``method`` (``"forward"`` or ``"lookahead"``), from :data:`SCORERS`.
 
     Raises:
         ValueError: For an unknown name; the message lists the choices.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown meta-weighting method {method!r}; choose from {sorted(METHODS)}.")
-    return METHODS[method]
+    if method not in SCORERS:
+        raise ValueError(f"Unknown meta-weighting method {method!r}; choose from {sorted(SCORERS)}.")
+    return SCORERS[method]
 
 
 def bootstrap_weights(
@@ -60,11 +62,13 @@ def bootstrap_weights(
 ) -> tuple[Tensor, Tensor | None]:
     """Meta-learned weights of the noisy-label and pseudo-label costs of one training batch.
 
-    The weights are the normalised scores ``w̃ = −∂L_meta(θ̂(ε))/∂ε`` at ε = 0, where θ̂(ε) is one
-    virtual step of ``optimizer`` (its lr, momentum, dampening, weight decay, nesterov and live momentum
-    buffers) on the virtual loss ``Σ ε⊙costs (+ extra_loss)``, and ``L_meta`` the mean cost of the clean
-    meta batch at θ̂. Nothing is changed: parameters, their ``.grad``, buffers (BatchNorm running
-    statistics) and the optimiser state stay as they were.
+    The weights are the normalised scores ``w̃ = −∂L_meta(θ̂(ε))/∂ε`` at ε = 0, where θ̂(ε) is the update
+    the real ``optimizer.step()`` would make on the virtual loss ``Σ ε⊙costs (+ extra_loss)``, from the
+    optimiser's own settings and state (SGD: lr, momentum, dampening, weight decay, nesterov and the live
+    momentum buffers; Adam/AdamW: lr, betas, eps, coupled/decoupled weight decay, step, exp_avg and
+    exp_avg_sq), and ``L_meta`` the mean cost of the clean meta batch at θ̂. Nothing is changed:
+    parameters, their ``.grad``, buffers (BatchNorm running statistics) and the optimiser state stay as
+    they were.
 
     ``method="forward"`` needs forward-mode AD support in every operation of the model (all of torch's
     convolution, normalisation, pooling and activation layers have it); ``"lookahead"`` is the fallback.
@@ -72,7 +76,10 @@ def bootstrap_weights(
     Args:
         model: The network, in train mode (the mode of the real step). Under DDP pass the wrapped module
             (``ddp.module``): the engine never fills ``.grad``, so no DDP hook fires.
-        optimizer: The ``torch.optim.SGD`` that takes the real step (``maximize=False``).
+        optimizer: The ``torch.optim.SGD``, ``Adam`` or ``AdamW`` that takes the real step
+            (``maximize=False``; Adam ``amsgrad=False``). Adam's very first step has no second moment; the
+            scores of coordinates that have none follow the fallback of :mod:`mlbseg.meta.adam` (at that
+            first step without extra loss or coupled decay: the scores of SGD with the same lr).
         inputs: Training batch ``[N, ...]``.
         noisy_targets: Given labels: ``bce`` float 0/1 ``[N, 1, H, W]``; ``ce`` class indices ``[N]``
             (int64) or soft targets ``[N, C]`` (floating point, rows summing to 1), chosen by dtype and shape.
@@ -107,15 +114,22 @@ def bootstrap_weights(
 
     Raises:
         ValueError: Unknown loss, method or normaliser (listing the choices), mismatched target shapes,
-            or ``maximize=True``.
-        TypeError: ``optimizer`` is not a ``torch.optim.SGD``.
+            ``maximize=True``, or Adam's ``amsgrad=True``.
+        TypeError: ``optimizer`` is not a ``torch.optim.SGD``, ``Adam`` or ``AdamW``.
     """
     costs = get_costs(loss)
-    score = get_method(method)
+    score = get_scorer(method)
     normalizer = get_normalizer(normalize, loss)
     targets = (noisy_targets,) if pseudo_targets is None else (noisy_targets, pseudo_targets)
     problem = MetaProblem(
-        model, sgd_slots(model, optimizer), costs, inputs, targets, meta_inputs, meta_targets, extra_loss
+        model,
+        optimizer_slots(model, optimizer),
+        costs,
+        inputs,
+        targets,
+        meta_inputs,
+        meta_targets,
+        extra_loss,
     )
     reductions: dict[str, Reduce] = {}
     if distributed:

@@ -1,8 +1,14 @@
+import dataclasses
+
 import pytest
 import torch
 
-from mlbseg.engine.config import ScheduleConfig
-from mlbseg.engine.optim import build_scheduler, lr_factor
+from mlbseg.config import load_config
+from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
+from mlbseg.engine.optim import build_optimizer, build_scheduler, lr_factor
+from mlbseg.errors import UserError
+from mlbseg.meta.lookahead import optimizer_slots
+from mlbseg.seg.config import SegConfig
 
 
 def test_inverse_schedule_matches_the_reference():
@@ -26,3 +32,51 @@ def test_scheduler_steps_per_epoch():
     optimizer.step()
     scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "decoupled"),
+    [("adam", torch.optim.Adam, False), ("adamw", torch.optim.AdamW, True)],
+)
+def test_build_optimizer_makes_adam_and_adamw_from_the_config(name, kind, decoupled):
+    model = torch.nn.Linear(3, 2)
+    cfg = OptimConfig(name=name, lr=0.002, weight_decay=0.01, betas=(0.8, 0.99), eps=1e-6)
+    optimizer = build_optimizer(model, cfg)
+    assert type(optimizer) is kind
+    (group,) = optimizer.param_groups
+    assert len(group["params"]) == 2
+    assert (group["lr"], group["betas"], group["eps"]) == (0.002, (0.8, 0.99), 1e-6)
+    assert (group["weight_decay"], group["decoupled_weight_decay"]) == (0.01, decoupled)
+    assert not group["amsgrad"]
+    slot = optimizer_slots(model, optimizer)["weight"]  # what the meta engine's virtual step reads
+    assert (slot.lr, slot.beta1, slot.beta2, slot.eps) == (0.002, 0.8, 0.99, 1e-6)
+    assert (slot.weight_decay, slot.decoupled) == (0.01, decoupled)
+
+
+def test_build_optimizer_keeps_sgd_the_default():
+    model = torch.nn.Linear(3, 2)
+    optimizer = build_optimizer(model, OptimConfig(nesterov=True))
+    assert type(optimizer) is torch.optim.SGD
+    (group,) = optimizer.param_groups
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.005, 0.9, True)
+    assert group["weight_decay"] == 5e-4
+
+
+def test_optimizer_name_and_betas_are_checked():
+    with pytest.raises(UserError, match=r"'name' must be one of \['sgd', 'adam', 'adamw'\]"):
+        load_config(OptimConfig, None, ["name=rmsprop"])
+    cfg = load_config(OptimConfig, None, ["name=adamw", "betas=[0.5, 0.9]", "eps=1e-6"])
+    assert (cfg.name, cfg.betas, cfg.eps) == ("adamw", (0.5, 0.9), 1e-6)
+    with pytest.raises(UserError, match=r"optim\.betas: must be two numbers"):
+        build_optimizer(torch.nn.Linear(1, 1), OptimConfig(name="adam", betas=(0.9,)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"betas": (0.9, 1.0)}, r"optim\.betas: must be"), ({"eps": 0.0}, r"optim\.eps: must be")],
+)
+def test_adam_settings_are_range_checked_with_the_config(override, message):
+    cfg = dataclasses.replace(SegConfig(), optim=OptimConfig(name="adam", **override))
+    with pytest.raises(UserError, match=message):
+        check_shared_sections(cfg)
+    check_shared_sections(SegConfig())

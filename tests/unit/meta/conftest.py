@@ -1,4 +1,4 @@
-"""Tiny BatchNorm networks and warmed-up SGD optimisers for the meta-engine tests."""
+"""Tiny BatchNorm networks and warmed-up SGD, Adam and AdamW optimisers for the meta-engine tests."""
 
 from __future__ import annotations
 
@@ -16,6 +16,21 @@ SGD_SETTINGS = {
     "nesterov_wd": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-3, "nesterov": True},
     "dampening_wd": {"lr": 0.1, "momentum": 0.5, "dampening": 0.3, "weight_decay": 1e-4},
 }
+# Adam with coupled weight decay (λθ added to the gradient), AdamW with decoupled decay θ(1 − lr·λ), and
+# both without decay (the first step's fallback needs g0 = 0).
+ADAM_SETTINGS = {
+    "adam_wd": (torch.optim.Adam, {"lr": 1e-2, "weight_decay": 1e-3}),
+    "adamw": (torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 1e-2}),
+    "adam": (torch.optim.Adam, {"lr": 1e-2}),
+}
+
+
+def make_optimizer(setting: str, params) -> torch.optim.Optimizer:
+    """The optimiser of ``setting``: an SGD_SETTINGS key (SGD) or an ADAM_SETTINGS key."""
+    if setting in ADAM_SETTINGS:
+        kind, kwargs = ADAM_SETTINGS[setting]
+        return kind(params, **kwargs)
+    return torch.optim.SGD(params, **SGD_SETTINGS[setting])
 
 
 class TinySegNet(nn.Module):
@@ -68,7 +83,7 @@ class Case:
     """A model, its warmed-up optimiser and one call's batches."""
 
     model: nn.Module
-    optimizer: torch.optim.SGD
+    optimizer: torch.optim.Optimizer
     inputs: Tensor
     noisy: Tensor
     pseudo: Tensor
@@ -105,7 +120,7 @@ def _mean_cost(kind: str, logits: Tensor, targets: Tensor) -> Tensor:
 def make_case(
     kind: str, setting: str = "momentum_wd", *, steps: int = 3, seed: int = 0, device: str = "cpu"
 ) -> Case:
-    """Build ``kind`` ("seg", "cls", "unetpp") in float64 on ``device`` and take ``steps`` real SGD steps."""
+    """Build ``kind`` ("seg", "cls", "unetpp") in float64 on ``device``, then take ``steps`` real steps."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)  # data drawn on the CPU: the same on every device
     data_kind = "cls" if kind == "cls" else "seg"
@@ -116,7 +131,7 @@ def make_case(
         return images.to(device), targets.to(device)
 
     model = {"seg": TinySegNet, "cls": TinyClsNet, "unetpp": tiny_unetpp}[kind]().double().to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), **SGD_SETTINGS[setting])
+    optimizer = make_optimizer(setting, model.parameters())
     for _ in range(steps):
         images, targets = batch(4)
         optimizer.zero_grad()

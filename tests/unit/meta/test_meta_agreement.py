@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mlbseg.meta import bootstrap_weights
 from mlbseg.meta.costs import get_costs
-from mlbseg.meta.lookahead import sgd_slots
+from mlbseg.meta.lookahead import optimizer_slots
 from mlbseg.meta.normalize import clamp_sum
 from mlbseg.meta.scores import MetaProblem, forward_scores, lookahead_scores
 
@@ -26,7 +26,7 @@ def both_scores(case, extra_loss=None, with_pseudo=True):
     targets = (case.noisy, case.pseudo) if with_pseudo else (case.noisy,)
     problem = MetaProblem(
         case.model,
-        sgd_slots(case.model, case.optimizer),
+        optimizer_slots(case.model, case.optimizer),
         get_costs(case.loss),
         case.inputs,
         targets,

@@ -13,7 +13,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
 
 def test_public_names():
     assert callable(mlbseg.meta.bootstrap_weights)
-    assert sorted(mlbseg.meta.METHODS) == ["forward", "lookahead"]
+    assert sorted(mlbseg.meta.SCORERS) == ["forward", "lookahead"]
+    assert not hasattr(mlbseg.meta, "METHODS")  # renamed: the training-method tuples are METHODS
     assert sorted(mlbseg.meta.NORMALIZERS) == [
         "clamp_sum",
         "sigmoid_sum",
@@ -49,10 +50,10 @@ def test_unknown_names_list_the_choices(case_factory):
         bootstrap_weights(*case.call_args(), loss="nll")
 
 
-def test_optimizer_must_be_sgd(case_factory):
+def test_optimizer_must_be_sgd_adam_or_adamw(case_factory):
     case = case_factory("cls", "plain", steps=0)
-    case.optimizer = torch.optim.Adam(case.model.parameters())
-    with pytest.raises(TypeError, match=r"torch\.optim\.SGD"):
+    case.optimizer = torch.optim.RMSprop(case.model.parameters())
+    with pytest.raises(TypeError, match=r"torch\.optim\.SGD, torch\.optim\.Adam and torch\.optim\.AdamW"):
         bootstrap_weights(*case.call_args(), loss="ce")
 
 

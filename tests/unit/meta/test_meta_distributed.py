@@ -1,9 +1,9 @@
 """Two gloo processes, each with half of the batch, reproduce one process on the concatenated batch.
 
-``bootstrap_weights(distributed=True)`` must return each process's part of the single-process weights,
-and one SGD step on ``world_size · Σ α·ℓ`` (+ mean terms) with averaged gradients must equal the
-single-process step. The nets use GroupNorm: BatchNorm couples the samples of a batch, so its statistics
-(and everything after them) differ between a half batch and the whole.
+``bootstrap_weights(distributed=True)`` must return each process's part of the single-process weights, and
+one optimiser step (SGD, Adam, AdamW) on ``world_size · Σ α·ℓ`` (+ mean terms) with averaged gradients must
+equal the single-process step. The nets use GroupNorm: BatchNorm couples the samples of a batch, so its
+statistics (and everything after them) differ between a half batch and the whole.
 """
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ from mlbseg.meta.scores import average_across_processes
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 
 WORLD = 2
-# name: (loss, method, normaliser, with an extra mean-type loss)
+# name: (loss, method, normaliser, with an extra mean-type loss, optimiser)
 SCENARIOS = {
-    "seg_forward_org_extra": ("bce", "forward", "org", True),
-    "seg_lookahead_org_extra": ("bce", "lookahead", "org", True),
-    "seg_forward_softmax_per_sample": ("bce", "forward", "softmax", False),
-    "seg_forward_sigmoid": ("bce", "forward", "sigmoid_sum", False),
-    "cls_forward_softmax_over_batch_extra": ("ce", "forward", "softmax", True),
-    "cls_lookahead_org": ("ce", "lookahead", "org", False),
+    "seg_forward_org_extra": ("bce", "forward", "org", True, "sgd"),
+    "seg_lookahead_org_extra": ("bce", "lookahead", "org", True, "sgd"),
+    "seg_forward_softmax_per_sample": ("bce", "forward", "softmax", False, "sgd"),
+    "seg_forward_sigmoid": ("bce", "forward", "sigmoid_sum", False, "sgd"),
+    "cls_forward_softmax_over_batch_extra": ("ce", "forward", "softmax", True, "sgd"),
+    "cls_lookahead_org": ("ce", "lookahead", "org", False, "sgd"),
+    "seg_forward_org_extra_adamw": ("bce", "forward", "org", True, "adamw"),
+    "cls_lookahead_org_adam": ("ce", "lookahead", "org", False, "adam"),
+}
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-2, weight_decay=1e-3),
 }
 
 
@@ -75,12 +82,12 @@ def _costs(loss, logits, targets):
     return F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
 
 
-def _case(loss: str):
-    """Model (2 warm-up steps, so momentum buffers exist), optimiser and global batches; float64, seeded."""
+def _case(loss: str, optimizer_name: str = "sgd"):
+    """Model (2 warm-up steps: momentum buffers or Adam moments exist), optimiser, global batches; float64."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(5)
     model = (GroupNormClsNet() if loss == "ce" else GroupNormSegNet()).double()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = OPTIMIZERS[optimizer_name](model.parameters())
 
     def batch(n):
         images = torch.randn(n, 1, 8, 8, generator=generator, dtype=torch.float64)
@@ -103,8 +110,8 @@ def _case(loss: str):
 
 def _weights_and_step(scenario, rank: int | None):
     """α, β and the parameters after one step: one process (rank None) or this rank's half of the batch."""
-    loss, method, normalize, with_extra = scenario
-    model, optimizer, batches = _case(loss)
+    loss, method, normalize, with_extra, optimizer_name = scenario
+    model, optimizer, batches = _case(loss, optimizer_name)
     world = 1 if rank is None else WORLD
     if rank is not None:
         half = len(batches[0]) // WORLD

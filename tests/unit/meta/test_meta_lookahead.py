@@ -1,4 +1,7 @@
-"""The virtual SGD step replicates ``torch.optim.SGD``; the ε-sensitivity factor is its exact derivative."""
+"""The virtual SGD step replicates ``torch.optim.SGD``; the ε-sensitivity factor is its exact derivative.
+
+Adam and AdamW are tested in test_meta_adam.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlbseg.meta.lookahead import SGDSlot, eps_sensitivity, sgd_slots, sgd_update, virtual_step
+from mlbseg.meta.lookahead import SGDSlot, eps_sensitivity, optimizer_slots, sgd_update, virtual_step
 
 # torch loads its JVP decompositions with torch.jit.script on first use of forward-mode AD.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -15,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated
 def slot_of(optimizer: torch.optim.SGD, param: torch.Tensor) -> SGDSlot:
     model = nn.Module()
     model.register_parameter("p", param)
-    return sgd_slots(model, optimizer)["p"]
+    return optimizer_slots(model, optimizer)["p"]
 
 
 def test_sgd_update_equals_the_real_step_bit_for_bit(sgd_kwargs):
@@ -67,7 +70,7 @@ def test_virtual_step_moves_a_parameter_with_a_zero_gradient_but_not_one_without
     assert stepped["unused"] is params["unused"]
 
 
-def test_sgd_slots_reads_per_group_settings_and_skips_frozen_or_foreign_parameters():
+def test_optimizer_slots_read_per_group_settings_and_skip_frozen_or_foreign_parameters():
     model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1), nn.Linear(1, 1))
     model[1].bias.requires_grad_(False)
     optimizer = torch.optim.SGD(
@@ -75,16 +78,16 @@ def test_sgd_slots_reads_per_group_settings_and_skips_frozen_or_foreign_paramete
         lr=0.2,
         weight_decay=1e-3,
     )
-    slots = sgd_slots(model, optimizer)
+    slots = optimizer_slots(model, optimizer)
     assert sorted(slots) == ["0.bias", "0.weight", "1.weight"]  # 1.bias frozen, model[2] not optimised
     assert slots["0.weight"] == SGDSlot(0.1, 0.0, 0.0, 1e-3, False, None)
     assert slots["1.weight"].lr == 0.2
     assert slots["1.weight"].momentum == 0.5
 
 
-def test_sgd_slots_rejects_other_optimizers_and_maximize():
+def test_optimizer_slots_reject_other_optimizers_and_maximize():
     model = nn.Linear(2, 1)
-    with pytest.raises(TypeError, match=r"torch\.optim\.SGD; got Adam"):
-        sgd_slots(model, torch.optim.Adam(model.parameters()))
-    with pytest.raises(ValueError, match="maximize=False"):
-        sgd_slots(model, torch.optim.SGD(model.parameters(), lr=0.1, maximize=True))
+    with pytest.raises(TypeError, match=r"torch\.optim\.AdamW; got Adagrad"):
+        optimizer_slots(model, torch.optim.Adagrad(model.parameters()))
+    with pytest.raises(ValueError, match="SGD with maximize=False"):
+        optimizer_slots(model, torch.optim.SGD(model.parameters(), lr=0.1, maximize=True))

@@ -35,14 +35,18 @@ def assert_same(before: dict, after: dict) -> None:
         assert grad is None or torch.equal(grad, after["grads"][name]), f"grad of {name} changed"
     assert before["optimizer"]["param_groups"] == after["optimizer"]["param_groups"]
     assert before["optimizer"]["state"].keys() == after["optimizer"]["state"].keys()
-    for index, state in before["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], after["optimizer"]["state"][index]["momentum_buffer"])
+    for index, state in before["optimizer"]["state"].items():  # SGD: momentum_buffer; Adam: step, moments
+        assert state.keys() == after["optimizer"]["state"][index].keys()
+        for key, value in state.items():
+            assert torch.equal(value, after["optimizer"]["state"][index][key]), f"state {index} {key} changed"
 
 
 @pytest.mark.parametrize("method", ["forward", "lookahead"])
+@pytest.mark.parametrize("setting", ["nesterov_wd", "adam_wd", "adamw"])
 @pytest.mark.parametrize("kind", ["seg", "cls"])
-def test_call_leaves_model_and_optimizer_untouched(case_factory, kind, method):
-    case = case_factory(kind, "nesterov_wd", steps=2)
+def test_call_leaves_model_and_optimizer_untouched(case_factory, kind, setting, method):
+    case = case_factory(kind, setting, steps=2)
+    assert case.optimizer.state
     first = next(case.model.parameters())
     first.grad = torch.ones_like(first)  # a stale grad must survive; the others stay None
     before = snapshot(case)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mlbseg.meta import bootstrap_weights
 from mlbseg.meta.costs import get_costs
-from mlbseg.meta.lookahead import sgd_slots
+from mlbseg.meta.lookahead import optimizer_slots
 from mlbseg.meta.scores import MetaProblem, forward_scores, lookahead_scores
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -48,7 +48,7 @@ def mixed_case(case_factory, setting="momentum_wd", steps=3, seed=0):
 def scores(case, targets, method):
     problem = MetaProblem(
         case.model,
-        sgd_slots(case.model, case.optimizer),
+        optimizer_slots(case.model, case.optimizer),
         get_costs("ce"),
         case.inputs,
         targets,
