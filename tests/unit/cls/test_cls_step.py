@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from mlbseg.cls.batches import EpochBatchSampler, MetaBatchSampler, SeededItems
 from mlbseg.cls.config import MethodConfig
 from mlbseg.cls.data import ArrayDataset
 from mlbseg.cls.step import ClassificationStep, EpochMeter, StepOutput, WeightLog
-from mlbseg.cls.trainer import EpochBatchSampler, MetaBatchSampler, SeededItems
 from mlbseg.cls.transforms import cifar_transform
 from mlbseg.meta import bootstrap_weights
 
