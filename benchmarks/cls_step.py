@@ -16,7 +16,7 @@ import time
 import torch
 from _report import print_json, update_section
 
-from mlbseg.cls.config import MethodConfig
+from mlbseg.cls.config import MethodConfig, ModelConfig
 from mlbseg.cls.models import build_classifier
 from mlbseg.cls.step import ClassificationStep
 
@@ -29,7 +29,7 @@ def _sync(device: torch.device) -> None:
 def measure(method: str, engine: str, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """Seconds per step (median of ``args.iters``) and, on CUDA, the peak memory of one method."""
     torch.manual_seed(0)
-    model = build_classifier("preact_resnet18", 10).to(device)
+    model = build_classifier(ModelConfig(arch="preact_resnet18"), 10).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     step = ClassificationStep(
         model, optimizer, method=MethodConfig(name=method, engine=engine), grad_clip_norm=0.25, seed=0

@@ -8,6 +8,7 @@ weights) by default, and writes ``RUN_DIR/summary.json``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def load_trained_model(
     """The run's config and its model with the weights of ``checkpoint`` (final, last or a path)."""
     cfg, state = load_run_checkpoint(ClsConfig, run_dir, checkpoint, map_location=device)
     num_classes = state.get("num_classes") or state["model"][_head_key(state["model"])].shape[0]
-    model = build_classifier(cfg.model.arch, num_classes).to(device)  # weights come from the checkpoint
+    model = build_classifier(dataclasses.replace(cfg.model, weights=None), num_classes).to(device)  # below
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:

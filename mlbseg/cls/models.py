@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,9 @@ import torchvision
 from torch import Tensor, nn
 
 from mlbseg.errors import UserError
+
+if TYPE_CHECKING:  # the config module imports this one for the registry's names
+    from mlbseg.cls.config import ModelConfig
 
 
 class PreActBlock(nn.Module):
@@ -142,13 +146,14 @@ ARCHS: dict[str, Callable[[int, str | Path | None], nn.Module]] = {
 }
 
 
-def build_classifier(arch: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
-    """Build the network named ``arch`` (one of :data:`ARCHS`) with a ``num_classes``-way head.
+def build_classifier(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    """Build the network of the ``model`` section (``arch``, one of :data:`ARCHS`; local ``weights``).
 
     Example:
-        >>> build_classifier("preact_resnet18", 10).linear.out_features
+        >>> from mlbseg.cls.config import ModelConfig
+        >>> build_classifier(ModelConfig(arch="preact_resnet18"), 10).linear.out_features
         10
     """
-    if arch not in ARCHS:
-        raise UserError(f"unknown model arch {arch!r}: choose from {sorted(ARCHS)}")
-    return ARCHS[arch](num_classes, weights)
+    if cfg.arch not in ARCHS:
+        raise UserError(f"model.arch: unknown {cfg.arch!r}; choose from {sorted(ARCHS)}")
+    return ARCHS[cfg.arch](num_classes, cfg.weights)

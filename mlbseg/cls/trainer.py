@@ -103,9 +103,7 @@ class ClassificationRun:
         self.cfg, self.data, self.runtime, self.dist = cfg, data, runtime, runtime.dist
         self.device = device = runtime.device
         world = self.dist.world_size
-        self.model = runtime.place_model(
-            build_classifier(cfg.model.arch, data.num_classes, cfg.model.weights)
-        )
+        self.model = runtime.place_model(build_classifier(cfg.model, data.num_classes))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.step = ClassificationStep(
             self.model,

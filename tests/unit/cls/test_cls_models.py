@@ -4,6 +4,7 @@ import pytest
 import torch
 import torchvision
 
+from mlbseg.cls.config import ModelConfig
 from mlbseg.cls.models import ARCHS, PreActResNet18, build_classifier
 from mlbseg.errors import UserError
 
@@ -28,7 +29,7 @@ def test_preact_resnet18_parameter_count(num_classes, expected):
 
 
 def test_preact_resnet18_forward_and_reference_keys():
-    model = build_classifier("preact_resnet18", 10)
+    model = build_classifier(ModelConfig(arch="preact_resnet18"), 10)
     logits = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10)
     keys = model.state_dict().keys()
@@ -48,7 +49,7 @@ def test_preact_block_shortcut_uses_the_raw_input_when_identity():
     ("arch", "num_classes", "expected"), [("resnet18", 14, 11_183_694), ("resnet50", 8, 23_524_424)]
 )
 def test_torchvision_resnets_parameter_count_head_and_forward(arch, num_classes, expected):
-    model = build_classifier(arch, num_classes)
+    model = build_classifier(ModelConfig(arch=arch), num_classes)
     assert num_params(model) == expected
     assert torch.count_nonzero(model.fc.bias) == 0
     fan_in, fan_out = model.fc.in_features, num_classes
@@ -58,7 +59,7 @@ def test_torchvision_resnets_parameter_count_head_and_forward(arch, num_classes,
 
 def test_local_imagenet_weights_load_except_the_head(imagenet_r18):
     path, state = imagenet_r18
-    model = build_classifier("resnet18", 14, weights=path)
+    model = build_classifier(ModelConfig(arch="resnet18", weights=path), 14)
     torch.testing.assert_close(model.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     torch.testing.assert_close(model.bn1.running_var, state["bn1.running_var"])
     assert model.fc.weight.shape == (14, 512)
@@ -68,26 +69,26 @@ def test_local_imagenet_weights_load_except_the_head(imagenet_r18):
 def test_weights_errors(tmp_path, imagenet_r18):
     path, state = imagenet_r18
     with pytest.raises(UserError, match=r"missing\.pth not found"):
-        build_classifier("resnet18", 14, weights=tmp_path / "missing.pth")
+        build_classifier(ModelConfig(arch="resnet18", weights=tmp_path / "missing.pth"), 14)
     (tmp_path / "junk.pth").write_bytes(b"junk")
     with pytest.raises(UserError, match="not a readable PyTorch weights file"):
-        build_classifier("resnet18", 14, weights=tmp_path / "junk.pth")
+        build_classifier(ModelConfig(arch="resnet18", weights=tmp_path / "junk.pth"), 14)
     with pytest.raises(UserError, match="shapes do not fit torchvision resnet50"):
-        build_classifier("resnet50", 8, weights=path)
+        build_classifier(ModelConfig(arch="resnet50", weights=path), 8)
     partial = {k: v for k, v in state.items() if k != "layer1.0.conv1.weight"}
     torch.save(partial, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=r"missing \['layer1.0.conv1.weight'\]"):
-        build_classifier("resnet18", 14, weights=tmp_path / "partial.pth")
+        build_classifier(ModelConfig(arch="resnet18", weights=tmp_path / "partial.pth"), 14)
     torch.save({**state, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
     with pytest.raises(UserError, match="unexpected"):
-        build_classifier("resnet18", 14, weights=tmp_path / "extra.pth")
+        build_classifier(ModelConfig(arch="resnet18", weights=tmp_path / "extra.pth"), 14)
 
 
 def test_registry_errors():
     with pytest.raises(
-        UserError, match=r"unknown model arch 'wrn28_10'.*'preact_resnet18', 'resnet18', 'resnet50'"
+        UserError, match=r"model\.arch: unknown 'wrn28_10'.*'preact_resnet18', 'resnet18', 'resnet50'"
     ):
-        build_classifier("wrn28_10", 10)
+        build_classifier(ModelConfig(arch="wrn28_10"), 10)
     with pytest.raises(UserError, match="trains from scratch"):
-        build_classifier("preact_resnet18", 10, weights="w.pth")
+        build_classifier(ModelConfig(arch="preact_resnet18", weights="w.pth"), 10)
     assert set(ARCHS) == {"preact_resnet18", "resnet18", "resnet50"}
