@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class EpochProgress:
     """``with EpochProgress("epoch 1/10", total) as bar: bar.update(done, loss=...)``."""
 
-    def __init__(self, description: str, total: int) -> None:
+    def __init__(self, description: str, total: int, *, enabled: bool = True) -> None:
         self._progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -18,6 +18,7 @@ class EpochProgress:
             TextColumn("loss {task.fields[loss]:.4f}"),
             TimeRemainingColumn(),
             transient=False,
+            disable=not enabled,  # e.g. every process but rank 0 under torchrun
         )
         self._task = self._progress.add_task(description, total=total, loss=float("nan"))
 

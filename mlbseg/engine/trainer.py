@@ -190,7 +190,8 @@ class _Loop:
         run.begin_epoch(self.epoch)
         started = time.perf_counter()
         stats: dict[str, float] = {}
-        with EpochProgress(f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", num_steps) as progress:
+        title = f"epoch {self.epoch + 1}/{self.cfg.train.epochs}"
+        with EpochProgress(title, num_steps, enabled=self.dist.is_main) as progress:
             for index in range(num_steps):
                 run.train_step()
                 self.global_step += 1
