@@ -130,10 +130,13 @@ def run_demo(
     data = data or DemoData()
     task = get_task("seg")
     started = time.perf_counter()
-    overrides = _run_overrides(out, data, seeds, overrides, task)  # every config checked before any write
+    # every config checked before any write
+    overrides = _run_overrides(out, data, seeds=seeds, overrides=overrides, task=task)
     try:
         with _claimed(out, data, overwrite, console):
-            rows, figures = _run_stages(out, data, seeds, overrides, jobs, console)
+            rows, figures = _run_stages(
+                out, data, seeds=seeds, overrides=overrides, jobs=jobs, console=console
+            )
     except Interrupted as err:
         if not overwrite:  # a rerun of --overwrite starts afresh again
             err.hint = CONTINUE_HINT
@@ -146,6 +149,7 @@ def run_demo(
 def _run_stages(
     out: Path,
     data: DemoData,
+    *,
     seeds: Sequence[int],
     overrides: Sequence[str],
     jobs: int,
@@ -160,7 +164,9 @@ def _run_stages(
     _prepare(out, data, jobs)
 
     records = []  # the plan refuses a run folder that holds a different run
-    for spec in plan.plan_runs(task, DEMO_CONFIG, seeds, [NOISE], METHODS, overrides, out):
+    for spec in plan.plan_runs(
+        task, DEMO_CONFIG, seeds=seeds, noises=[NOISE], methods=METHODS, overrides=overrides, out=out
+    ):
         stage.begin(f"{spec.run_dir}: {_label(spec.method)}, train and evaluate")
         records.append(_train_and_evaluate(task, spec, console))
 
@@ -186,7 +192,7 @@ def _label(method: str) -> str:
 
 
 def _run_overrides(
-    out: Path, data: DemoData, seeds: Sequence[int], overrides: Sequence[str], task: Any
+    out: Path, data: DemoData, *, seeds: Sequence[int], overrides: Sequence[str], task: Any
 ) -> list[str]:
     """The user's ``--set`` items plus the demo's data folder, validated for every run of the demo."""
     if not seeds:
@@ -342,6 +348,6 @@ def _table(out: Path, task: Any, records: list[Any], console: Console) -> list[d
     rows = aggregate(task, records)
     seeds = sorted({record.seed for record in records})
     title = f"mlbseg demo in {out}: {NOISE} noise, seeds {', '.join(map(str, seeds))}"
-    write_tables(out, task, rows, records, title)
+    write_tables(out, task, rows=rows, records=records, title=title)
     console.print(rich_table(task, rows, title))
     return rows

@@ -10,7 +10,7 @@ class UserError(Exception):
 
 
 def message_of(err: UserError) -> str:
-    """The one-line message of ``err``, also when torch re-raised it from a DataLoader worker.
+    r"""The one-line message of ``err``, also when torch re-raised it from a DataLoader worker.
 
     A loader worker's exception reaches the main process as ``type(err)(text)``, where ``text`` is
     "Caught UserError in DataLoader worker process N", the worker's traceback, and the original
@@ -19,8 +19,8 @@ def message_of(err: UserError) -> str:
     Example:
         >>> message_of(UserError("a.jpg is not a readable image"))
         'a.jpg is not a readable image'
-        >>> wrapped = "Caught UserError in DataLoader worker process 0.\\nOriginal Traceback ...\\n"
-        >>> message_of(UserError(wrapped + "mlbseg.errors.UserError: a.jpg is not a readable image\\n"))
+        >>> wrapped = "Caught UserError in DataLoader worker process 0.\nOriginal Traceback ...\n"
+        >>> message_of(UserError(wrapped + "mlbseg.errors.UserError: a.jpg is not a readable image\n"))
         'a.jpg is not a readable image'
     """
     text = str(err)

@@ -64,9 +64,9 @@ def write_overlays(
             layers["reference"],
             layers["noisy"],
             layers["prediction"],
-            target,
-            shown,
-            titles,
+            out_path=target,
+            slices=shown,
+            titles=titles,
             overwrite=overwrite,
         )
     return targets

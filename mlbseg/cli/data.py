@@ -1,4 +1,7 @@
-"""``mlbseg synth`` and ``mlbseg prepare``: raw volumes in, the prepared slice dataset out (DESIGN.md §2)."""
+"""``mlbseg synth`` and ``mlbseg prepare``: raw volumes in, the prepared slice dataset out.
+
+The formats and the preprocessing are docs/design.md §2.
+"""
 
 from __future__ import annotations
 

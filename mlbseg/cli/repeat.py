@@ -1,4 +1,7 @@
-"""``mlbseg repeat``: independent seeded runs per method and noise level, then a Table-8 summary (§5, §8)."""
+"""``mlbseg repeat``: independent seeded runs per method and noise level, then a Table-8 summary.
+
+The protocol is docs/evaluation.md §4, the processes docs/design.md §8.
+"""
 
 from __future__ import annotations
 

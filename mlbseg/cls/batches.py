@@ -56,6 +56,7 @@ class EpochBatchSampler:
         size: int,
         batch_size: int,
         seed: int,
+        *,
         sampler: Any = None,
         max_batches: int | None = None,
         shard: tuple[int, int] = (0, 1),
@@ -108,7 +109,7 @@ class MetaBatchSampler:
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, start: int = 0, shard: tuple[int, int] = (0, 1)
+        self, size: int, batch_size: int, seed: int, *, start: int = 0, shard: tuple[int, int] = (0, 1)
     ) -> None:
         self.size, self.batch_size, self.seed, self.start = size, batch_size, seed, start
         self.per_pass, self.shard = max(1, size // batch_size), shard

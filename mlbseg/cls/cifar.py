@@ -141,7 +141,7 @@ def _read_pickle(path: Path, root: Path, what: str) -> dict:
     return batch
 
 
-def _labels(batch: dict, key: str, count: int, num_classes: int, path: Path) -> np.ndarray:
+def _labels(batch: dict, key: str, *, count: int, num_classes: int, path: Path) -> np.ndarray:
     """``batch[key]`` as int64 [count] in 0..num_classes-1; UserError naming ``path`` otherwise."""
     if key not in batch:
         raise UserError(f"{path}: no '{key}': not a CIFAR pickle of this dataset")
@@ -180,9 +180,13 @@ def load_cifar(root: str | Path, name: str, train: bool) -> CifarArrays:
         path = root / folder / file_name
         batch = _read_pickle(path, root, what)
         images.append(_images(batch, name, path))
-        labels.append(_labels(batch, label_key, len(images[-1]), NUM_CLASSES[name], path))
+        labels.append(
+            _labels(batch, label_key, count=len(images[-1]), num_classes=NUM_CLASSES[name], path=path)
+        )
         if name == "cifar100":
-            coarse.append(_labels(batch, "coarse_labels", len(images[-1]), COARSE_CLASSES, path))
+            coarse.append(
+                _labels(batch, "coarse_labels", count=len(images[-1]), num_classes=COARSE_CLASSES, path=path)
+            )
     return CifarArrays(
         images=np.ascontiguousarray(np.concatenate(images)),
         labels=np.concatenate(labels),
@@ -277,7 +281,7 @@ def build_cifar(
     elif noise == "asymmetric":
         targets = _asymmetric_targets(name, arrays)
     clean = arrays.labels[train_idx]
-    noisy = corrupt_labels(clean, noise, noise_rate, num_classes, rng, targets)
+    noisy = corrupt_labels(clean, noise, noise_rate, num_classes=num_classes, rng=rng, targets=targets)
     test = load_cifar(root, name, train=False)
     train_tf, test_tf = cifar_transform(name, train=True), cifar_transform(name, train=False)
     return ClassificationData(

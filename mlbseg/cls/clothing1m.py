@@ -116,7 +116,7 @@ def load_clothing1m_lists(root: str | Path) -> Clothing1MLists:
 
 
 def balanced_epoch_indices(
-    labels: np.ndarray, num_samples: int, num_classes: int, seed: int, epoch: int
+    labels: np.ndarray, num_samples: int, num_classes: int, *, seed: int, epoch: int
 ) -> np.ndarray:
     """A class-balanced random sample for one epoch, in random order: int64 [<= num_samples].
 
@@ -145,8 +145,10 @@ class BalancedEpochSampler(Sampler[int]):
     def indices(self) -> np.ndarray:
         """Indices into the training list for the current epoch, int64 [<= num_samples]."""
         if self._cache is None or self._cache[0] != self.epoch:
-            args = (self.labels, self.num_samples, self.num_classes, self.seed, self.epoch)
-            self._cache = (self.epoch, balanced_epoch_indices(*args))
+            indices = balanced_epoch_indices(
+                self.labels, self.num_samples, self.num_classes, seed=self.seed, epoch=self.epoch
+            )
+            self._cache = (self.epoch, indices)
         return self._cache[1]
 
     def __iter__(self) -> Iterator[int]:

@@ -89,6 +89,7 @@ def _head_key(weights: dict[str, torch.Tensor]) -> str:
 def evaluate_run(
     run_dir: Path,
     checkpoint: str = "final",
+    *,
     root: str | None = None,
     device: str = "auto",
     num_workers: int | None = None,

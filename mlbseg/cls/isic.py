@@ -146,7 +146,7 @@ def build_isic(
     files = np.char.add(ids, ".jpg")
     _check_images(root / IMAGE_DIR, files[np.concatenate([train, meta, test])])
     rng = np.random.RandomState(seed) if noise in L2B_SCHEMES else np.random.default_rng(seed)
-    noisy = corrupt_labels(labels[train], noise, noise_rate, NUM_CLASSES, rng)
+    noisy = corrupt_labels(labels[train], noise, noise_rate, num_classes=NUM_CLASSES, rng=rng)
     image_dir = root / IMAGE_DIR
     train_tf, test_tf = isic_transform(train=True), isic_transform(train=False)
     return ClassificationData(

@@ -1,7 +1,7 @@
 """Classification networks: the reference's PreActResNet18 (CIFAR) and torchvision ResNet-18/50, new head.
 
 Every model maps images [N, 3, H, W] (normalised floats) to logits [N, K]. ImageNet weights are never
-downloaded: pass the path of a local torchvision state dict (docs/reference.md §5, §7.27).
+downloaded: pass the path of a local torchvision state dict (docs/reference.md §5, §7 item 27).
 """
 
 from __future__ import annotations

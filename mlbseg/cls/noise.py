@@ -67,7 +67,7 @@ def l2b_flip_stream(num_classes: int) -> tuple[np.ndarray, np.random.RandomState
 
     The reference calls ``np.random.seed(1)`` and then, for i = 0..K−1, picks one target uniformly from the
     ascending list of the other classes. The CIFAR reference then keeps drawing its labels from that same
-    stream, which is why the returned ``RandomState`` is useful (docs/reference.md §2, quirk §7.11).
+    stream, which is why the returned ``RandomState`` is useful (docs/reference.md §2, quirk §7 item 11).
 
     Returns:
         targets int64 [K] (``targets[i] != i``) and the ``RandomState(1)`` after the K target draws.
@@ -212,6 +212,7 @@ def corrupt_labels(
     labels: np.ndarray,
     scheme: str,
     rate: float,
+    *,
     num_classes: int,
     rng: Rng,
     targets: np.ndarray | None = None,

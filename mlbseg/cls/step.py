@@ -148,7 +148,13 @@ class ClassificationStep:
             return self.forward_model(images).float()
 
     def _apply(self, loss: Tensor) -> None:
-        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm, self.dist.average_gradients)
+        apply_update(
+            self.model,
+            self.optimizer,
+            loss,
+            grad_clip_norm=self.grad_clip_norm,
+            average_gradients=self.dist.average_gradients,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """The random sources' states (model and optimizer are saved by the run)."""

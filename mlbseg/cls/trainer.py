@@ -119,8 +119,8 @@ class ClassificationRun:
             len(data.train),
             cfg.train.batch_size * world,
             cfg.train.seed,
-            data.train_sampler,
-            cfg.train.steps_per_epoch,
+            sampler=data.train_sampler,
+            max_batches=cfg.train.steps_per_epoch,
             shard=(self.dist.rank, world),
         )
         self.train_loader = _loader(data.train, self.train_batches, cfg, device)

@@ -1,4 +1,4 @@
-"""One training run across processes started by ``torchrun`` (docs/design.md §8, docs/design.md §8).
+"""One training run across processes started by ``torchrun`` (docs/design.md §8).
 
 ``torchrun --nproc-per-node N -m mlbseg train CONFIG`` starts N processes with ``RANK``, ``WORLD_SIZE`` and
 ``LOCAL_RANK`` set. :func:`distributed_session` joins them into one process group (NCCL on CUDA, gloo on

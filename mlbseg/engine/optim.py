@@ -69,6 +69,7 @@ def apply_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loss: torch.Tensor,
+    *,
     grad_clip_norm: float | None,
     average_gradients: Callable[[Iterable[torch.Tensor]], None] | None = None,
 ) -> None:

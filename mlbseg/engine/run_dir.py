@@ -1,4 +1,4 @@
-"""The run folder's lifecycle (docs/design.md §4): checked, then built, then claimed, then locked.
+"""The run folder's lifecycle (docs/design.md §4.5): checked, then built, then claimed, then locked.
 
 :func:`inspect_run_dir` decides what a start means for ``RUN_DIR`` without creating or changing anything,
 so a mistake found while the task reads its data or builds its model leaves the folder as it was.

@@ -67,6 +67,7 @@ class MixedIndexStream:
         subset: torch.Tensor,
         size: int,
         batch_size: int,
+        *,
         subset_count: int,
         groups: int,
         generator: torch.Generator,

@@ -1,4 +1,4 @@
-"""The one training loop every task plugs into (docs/design.md §4 and §9).
+"""The one training loop every task plugs into (docs/design.md §4.5 and §9).
 
 :func:`train` owns what every run shares: the config check, the device, torchrun, seeding and deterministic
 kernels, AMP, the run folder's lifecycle (checked → built → claimed and locked, :mod:`mlbseg.engine.run_dir`),

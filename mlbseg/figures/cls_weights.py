@@ -114,7 +114,7 @@ def _mean(values: np.ndarray) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
-def _bars(ax: Axes, xs: np.ndarray, alpha: np.ndarray, beta: np.ndarray, width: float = 0.38) -> None:
+def _bars(ax: Axes, xs: np.ndarray, alpha: np.ndarray, beta: np.ndarray, *, width: float = 0.38) -> None:
     ax.bar(xs - width / 2, alpha, width, color=ALPHA_COLOR, label="α (noisy label)")
     ax.bar(xs + width / 2, beta, width, color=BETA_COLOR, label="β (pseudo-label)")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))  # weights are ~1e-4 after normalisation
@@ -122,7 +122,7 @@ def _bars(ax: Axes, xs: np.ndarray, alpha: np.ndarray, beta: np.ndarray, width: 
 
 
 def _sample_panel(
-    ax: Axes, log: Mapping[str, np.ndarray], mask: np.ndarray, title: str, count: int, epoch: int | None
+    ax: Axes, log: Mapping[str, np.ndarray], mask: np.ndarray, title: str, *, count: int, epoch: int | None
 ) -> None:
     picked = np.flatnonzero(mask)
     picked = picked[np.argsort(log["index"][picked], kind="stable")][:count]
@@ -179,7 +179,7 @@ def draw_cls_weights(
     figure = new_figure(2 * panel_width + 2.8, height_in)
     axes = figure.subplots(1, 3, width_ratios=[panel_width, panel_width, 2.8])
     for ax, (key, title) in zip(axes[:2], GROUPS[:2], strict=True):
-        _sample_panel(ax, log, masks[key], title, count, epoch)
+        _sample_panel(ax, log, masks[key], title, count=count, epoch=epoch)
     axes[0].set_ylabel("weight")
 
     sizes = [int(masks[key].sum()) for key, _ in GROUPS]

@@ -103,9 +103,9 @@ def draw_overlay(
     reference: np.ndarray,
     noisy: np.ndarray | None = None,
     prediction: np.ndarray | None = None,
+    *,
     slices: Sequence[int] | None = None,
     titles: Sequence[str] | None = None,
-    *,
     panel_size: float = 3.0,
 ) -> Figure:
     """Draw one panel per chosen slice: grey image, reference (red), noisy (yellow), prediction (cyan).
@@ -158,14 +158,16 @@ def overlay_figure(
     reference: np.ndarray,
     noisy: np.ndarray | None,
     prediction: np.ndarray | None,
+    *,
     out_path: str | Path,
     slices: Sequence[int] | None = None,
     titles: Sequence[str] | None = None,
-    *,
     panel_size: float = 3.0,
     dpi: int = DPI,
     overwrite: bool = False,
 ) -> Path:
     """Draw :func:`draw_overlay` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
-    figure = draw_overlay(image, reference, noisy, prediction, slices, titles, panel_size=panel_size)
+    figure = draw_overlay(
+        image, reference, noisy, prediction, slices=slices, titles=titles, panel_size=panel_size
+    )
     return save_png(figure, out_path, dpi, overwrite=overwrite)

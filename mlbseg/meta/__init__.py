@@ -1,8 +1,8 @@
-"""The meta-weighting engine: per-element weights α and β of one training step (DESIGN.md §3).
+"""The meta-weighting engine: per-element weights α and β of one training step (docs/design.md §3).
 
 ``bootstrap_weights`` is the API; ``SCORERS`` names its scoring methods (``method=``), ``get_normalizer`` and
-``NORMALIZERS`` the weight normalisations.
-This package imports only torch and itself, so both tasks (segmentation, classification) can use it.
+``NORMALIZERS`` the weight normalisations. This package imports only torch, the standard library and itself,
+so both tasks (segmentation, classification) can use it (docs/design.md §3.4).
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ For one parameter p with gradient g, ``torch.optim.SGD`` (maximize=False) comput
 is ``Σ_i ε_i·ℓ_i (+ extra)``, so ε_i enters only through ``g``, linearly, and ``∂p'/∂ε_i = −k·∇_p ℓ_i``
 with the scalar :func:`eps_sensitivity` k: ``η`` without momentum; ``η·c`` with momentum, ``η·(1 + m·c)``
 with nesterov, where ``c = 1`` on the first step (no buffer: b' = d) and ``c = 1 − τ`` afterwards. With
-momentum 0.9, no dampening and a buffer, k = η, the factor of REFERENCE.md §1.4.
+momentum 0.9, no dampening and a buffer, k = η, the factor of docs/reference.md §1.4.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Turn raw meta scores w̃ = −∂L_meta/∂ε into non-negative weights (REFERENCE.md §1.5, §6.10).
+"""Turn raw meta scores w̃ = −∂L_meta/∂ε into non-negative weights (docs/reference.md §1.5, §6.10).
 
 Every normaliser is a pure function ``scores -> weights`` of the same shape. ``scores`` is batch-first with
 the label source on dim 1: ``[N, S, ...]`` where S is 2 (noisy label, pseudo-label) or 1 (L2RW, α only),
@@ -22,7 +22,7 @@ name                   what it does                                             
 The alias ``softmax`` depends on the loss: ``ce`` (classification) resolves to ``softmax_over_batch``,
 ``bce`` (segmentation) to ``softmax_per_sample``. The reference's segmentation ``softmax`` has no
 temperature, which is ``temperature=1.0`` here; its un-normalised segmentation ``sigmoid`` and its
-``hard_weight`` are not offered (REFERENCE.md §7 item 7).
+``hard_weight`` are not offered (docs/reference.md §7 item 7).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``bootstrap_weights``: the per-element weights α (noisy label) and β (pseudo-label) of one step.
 
-DESIGN.md §3 is the contract. The scores come from one of :data:`SCORERS` (chosen by ``method=``), the
+docs/design.md §3 is the contract. The scores come from one of :data:`SCORERS` (chosen by ``method=``), the
 weights from a normaliser (:mod:`mlbseg.meta.normalize`). The virtual step is the real optimiser's:
 ``torch.optim.SGD`` (:mod:`mlbseg.meta.lookahead`), ``torch.optim.Adam`` or ``AdamW``
 (:mod:`mlbseg.meta.adam`, Kingma & Ba 2015; Loshchilov & Hutter 2019).

@@ -93,7 +93,7 @@ def convert_case(
 
 
 def add_noisy_masks(
-    staged: Path, target: Path, case_id: str, seed: int, strengths: Mapping[str, float]
+    staged: Path, target: Path, case_id: str, *, seed: int, strengths: Mapping[str, float]
 ) -> dict[str, float]:
     """Read a staged train case, add ``noisy_L1..L3`` at the calibrated strengths, write it to ``target``.
 

@@ -1,4 +1,4 @@
-"""Find the (image, mask) pairs of a raw dataset folder (docs/design.md §2, docs/design.md §2.1).
+"""Find the (image, mask) pairs of a raw dataset folder (docs/design.md §2.1).
 
 Two layouts are recognised:
 

@@ -96,7 +96,7 @@ def _gland(rng: np.random.Generator, grid: _Grid) -> _Gland:
     )
 
 
-def _ellipse(grid: _Grid, cx: float, cy: float, ax: float, ay: float) -> np.ndarray:
+def _ellipse(grid: _Grid, cx: float, cy: float, *, ax: float, ay: float) -> np.ndarray:
     return ((grid.x - cx) / ax) ** 2 + ((grid.y - cy) / ay) ** 2 <= 1.0  # [N, N]
 
 
@@ -106,24 +106,25 @@ def _pelvis(rng: np.random.Generator, grid: _Grid, gland: _Gland) -> tuple[np.nd
     fat = rng.uniform(12, 28)
     n = grid.x.shape[1]
     tissue = np.full((n, n), 0.03, dtype=np.float32)  # air
-    tissue[_ellipse(grid, 0, body_y, body_a, body_b)] = rng.uniform(0.75, 0.9)  # subcutaneous fat
-    tissue[_ellipse(grid, 0, body_y, body_a - fat, body_b - fat)] = rng.uniform(0.32, 0.42)  # muscle mix
+    tissue[_ellipse(grid, 0, body_y, ax=body_a, ay=body_b)] = rng.uniform(0.75, 0.9)  # subcutaneous fat
+    muscle_mix = _ellipse(grid, 0, body_y, ax=body_a - fat, ay=body_b - fat)
+    tissue[muscle_mix] = rng.uniform(0.32, 0.42)  # muscle mix
     cx, cy, a, b = gland.cx, gland.cy, gland.half_lr, gland.half_ap
-    periprostatic = _ellipse(grid, cx, cy - 3, a + rng.uniform(10, 16), b + rng.uniform(8, 12))
+    periprostatic = _ellipse(grid, cx, cy - 3, ax=a + rng.uniform(10, 16), ay=b + rng.uniform(8, 12))
     tissue[periprostatic] = rng.uniform(0.55, 0.72)  # fat around the gland
     for side in (-1, 1):
         muscle_x, muscle_y = cx + side * (a + rng.uniform(18, 26)), cy + rng.uniform(-4, 6)
-        tissue[_ellipse(grid, muscle_x, muscle_y, rng.uniform(6, 10), rng.uniform(20, 28))] = (
+        tissue[_ellipse(grid, muscle_x, muscle_y, ax=rng.uniform(6, 10), ay=rng.uniform(20, 28))] = (
             0.28  # obturator
         )
         bone_x, bone_y = cx + side * rng.uniform(7, 11), cy - b - rng.uniform(14, 22)
-        tissue[_ellipse(grid, bone_x, bone_y, 10, 13)] = 0.08  # cortical rim
-        tissue[_ellipse(grid, bone_x, bone_y, 8, 11)] = rng.uniform(0.4, 0.55)  # marrow
+        tissue[_ellipse(grid, bone_x, bone_y, ax=10, ay=13)] = 0.08  # cortical rim
+        tissue[_ellipse(grid, bone_x, bone_y, ax=8, ay=11)] = rng.uniform(0.4, 0.55)  # marrow
     rectum = (cx + rng.uniform(-3, 3), cy + b + rng.uniform(9, 14))
     rx, ry = rng.uniform(13, 19), rng.uniform(9, 13)
-    tissue[_ellipse(grid, *rectum, rx, ry)] = 0.33  # wall
+    tissue[_ellipse(grid, *rectum, ax=rx, ay=ry)] = 0.33  # wall
     lumen = 0.04 if rng.random() < 0.4 else rng.uniform(0.1, 0.5)  # coil balloon, or gel/stool
-    tissue[_ellipse(grid, *rectum, rx - 3, ry - 3)] = lumen
+    tissue[_ellipse(grid, *rectum, ax=rx - 3, ay=ry - 3)] = lumen
     return tissue, rectum
 
 
@@ -140,7 +141,9 @@ def _paint_pelvic_organs(rng: np.random.Generator, tissue: np.ndarray, grid: _Gr
     near_base = (grid.z > base - 0.2 * gland.length) & (grid.z < base + rng.uniform(8, 14))
     offset, value = rng.uniform(9, 14), rng.uniform(0.7, 0.85)
     depth = gland.cy + gland.half_ap * rng.uniform(0.4, 0.7)
-    vesicles = _ellipse(grid, gland.cx - offset, depth, 9, 4) | _ellipse(grid, gland.cx + offset, depth, 9, 4)
+    vesicles = _ellipse(grid, gland.cx - offset, depth, ax=9, ay=4) | _ellipse(
+        grid, gland.cx + offset, depth, ax=9, ay=4
+    )
     tissue[near_base] = np.where(vesicles, np.float32(value), tissue[near_base])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ MIN_SIZE = 16
 _STAGING = "staging"
 
 
-def _check_options(size: int, seed: int, channel: int, labels: str, jobs: int) -> None:
+def _check_options(size: int, seed: int, *, channel: int, labels: str, jobs: int) -> None:
     if size < MIN_SIZE:
         raise UserError(f"--size {size}: expected at least {MIN_SIZE}")
     if seed < 0 or channel < 0 or jobs < 1:
@@ -51,13 +52,15 @@ def _check_paths(raw: Path, prepared: Path, overwrite: bool) -> None:
     check_target(prepared, overwrite)
 
 
-def _command(raw: Path, prepared: Path, size: int, split: str, seed: int, channel: int, labels: str) -> str:
+def _command(
+    raw: Path, prepared: Path, *, size: int, split: str, seed: int, channel: int, labels: str
+) -> str:
     options = ["--size", size, "--split", split, "--seed", seed, "--channel", channel, "--labels", labels]
     return shlex.join(["mlbseg", "prepare", str(raw), str(prepared), *map(str, options)])
 
 
 def _convert_all(
-    sources: dict, role: dict[str, str], options: ConvertOptions, raw: Path, folder: Path, jobs: int
+    sources: dict, role: dict[str, str], options: ConvertOptions, *, raw: Path, folder: Path, jobs: int
 ) -> tuple[dict, dict]:
     """Convert every case in ``role``; return manifest records and the train cases' resized masks."""
     ids = sorted(role)
@@ -79,7 +82,9 @@ def _staged_path(folder: Path, case_id: str, split: str) -> Path:
     return folder / (_STAGING if split == "train" else CASES) / f"{case_id}.npz"
 
 
-def _add_noise(records: dict, masks: dict, seed: int, folder: Path, jobs: int) -> dict[str, dict[str, float]]:
+def _add_noise(
+    records: dict, masks: dict, *, seed: int, folder: Path, jobs: int
+) -> dict[str, dict[str, float]]:
     """Calibrate the strengths, write the train cases with their noisy masks; return the noise summary."""
     status = Console(stderr=True)
     if status.is_terminal:
@@ -87,8 +92,9 @@ def _add_noise(records: dict, masks: dict, seed: int, folder: Path, jobs: int) -
     calibration = calibrate_levels(masks, seed)
     strengths = {level: result.strength for level, result in calibration.items()}
     ids = sorted(masks)
-    tasks = [(_staged_path(folder, i, "train"), folder / CASES / f"{i}.npz", i, seed, strengths) for i in ids]
-    for case_id, dice in zip(ids, run_tasks(add_noisy_masks, tasks, jobs, "noisy masks"), strict=True):
+    add_noise = partial(add_noisy_masks, seed=seed, strengths=strengths)
+    tasks = [(_staged_path(folder, i, "train"), folder / CASES / f"{i}.npz", i) for i in ids]
+    for case_id, dice in zip(ids, run_tasks(add_noise, tasks, jobs, "noisy masks"), strict=True):
         records[case_id]["noisy_dice"] = dice
     foreground = [case_id for case_id in ids if masks[case_id].any()]  # as in calibrate.mean_dice
     return {
@@ -101,7 +107,7 @@ def _add_noise(records: dict, masks: dict, seed: int, folder: Path, jobs: int) -
     }
 
 
-def _settings(raw: Path, command: str, seed: int, size: int, options: ConvertOptions, layout: str) -> dict:
+def _settings(raw: Path, command: str, *, seed: int, size: int, options: ConvertOptions, layout: str) -> dict:
     """The manifest's dataset-wide entries (everything but split, noise and cases)."""
     return {
         "format_version": FORMAT_VERSION,
@@ -142,8 +148,10 @@ def prepare_dataset(
         jobs: Worker processes.
         overwrite: Replace an existing ``prepared``.
     """
-    _check_options(size, seed, channel, labels, jobs)
-    command = _command(Path(raw), Path(prepared), size, split, seed, channel, labels)
+    _check_options(size, seed, channel=channel, labels=labels, jobs=jobs)
+    command = _command(
+        Path(raw), Path(prepared), size=size, split=split, seed=seed, channel=channel, labels=labels
+    )
     raw, prepared = Path(raw).absolute(), Path(prepared).absolute()
     _check_paths(raw, prepared, overwrite)
     found, layout = discover_cases(raw)
@@ -159,14 +167,18 @@ def prepare_dataset(
     with atomic_folder(prepared, overwrite) as folder:
         (folder / CASES).mkdir()
         (folder / _STAGING).mkdir()
-        records, masks = _convert_all(sources, role, options, raw, folder, jobs)
+        records, masks = _convert_all(sources, role, options, raw=raw, folder=folder, jobs=jobs)
         if not any(mask.any() for mask in masks.values()):
             raise UserError(
                 f"{raw}: every train mask is empty; check the mask files (or the --labels choice)"
             )
-        noise = _add_noise(records, masks, seed, folder, jobs)
+        noise = _add_noise(records, masks, seed=seed, folder=folder, jobs=jobs)
         (folder / _STAGING).rmdir()
-        manifest = {**_settings(raw, command, seed, size, options, layout), "split": chosen, "noise": noise}
+        manifest = {
+            **_settings(raw, command, seed=seed, size=size, options=options, layout=layout),
+            "split": chosen,
+            "noise": noise,
+        }
         manifest["cases"] = records
         write_manifest(folder, manifest)
     print_summary(console, manifest, str(prepared))

@@ -7,6 +7,7 @@ Images are int16, masks uint8 0/1, as MetaImage with a separate ``.raw`` data fi
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +44,7 @@ def _write_case(
     folder: Path,
     case_id: str,
     index: int,
+    *,
     seed: int,
     in_plane: tuple[int, int],
     slices: tuple[int, int],
@@ -57,6 +59,7 @@ def _write_case(
 def write_phantoms(
     out: str | Path,
     cases: int = 50,
+    *,
     seed: int = 0,
     overwrite: bool = False,
     in_plane: tuple[int, int] = (256, 512),
@@ -84,9 +87,9 @@ def write_phantoms(
         raise UserError(f"--fov {fov[0]:g} {fov[1]:g}: expected {MIN_FOV_MM:g} <= LOW <= HIGH (mm)")
     ids = case_ids(cases)
     with atomic_folder(out, overwrite) as staging:
-        tasks = [
-            (staging, case_id, index, seed, tuple(in_plane), tuple(slices), tuple(fov))
-            for index, case_id in enumerate(ids)
-        ]
-        run_tasks(_write_case, tasks, jobs, "synth")
+        write_case = partial(
+            _write_case, seed=seed, in_plane=tuple(in_plane), slices=tuple(slices), fov=tuple(fov)
+        )
+        tasks = [(staging, case_id, index) for index, case_id in enumerate(ids)]
+        run_tasks(write_case, tasks, jobs, "synth")
     return ids

@@ -1,4 +1,6 @@
-"""Repeated runs (DESIGN.md §5, §8): every (method, noise, seed) as its own run, then a Table-8 summary.
+"""Repeated runs: every (method, noise, seed) as its own run, then a Table-8 summary.
+
+The protocol is docs/evaluation.md §4, the processes docs/design.md §8.
 
 ``mlbseg repeat CONFIG --seeds 0..4 --noise L1,L2,L3 --methods baseline,mlbseg [--jobs N]`` trains and
 evaluates each combination in ``OUT/<method>-<noise>-seed<k>/`` as a separate process, skips finished runs,

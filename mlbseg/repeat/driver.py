@@ -85,16 +85,20 @@ def repeat(
     chosen = detect_task(config, task)
     base = chosen.load(config, overrides)
     out = out or Path("runs") / f"{base.name}-repeat"
-    plan.plan_runs(chosen, config, seeds, noises, methods, overrides, out)  # every check, before any write
+    plan.plan_runs(  # every check, before any write
+        chosen, config, seeds=seeds, noises=noises, methods=methods, overrides=overrides, out=out
+    )
     try:
         with folder_lock(out, BUSY):
             # Read the run folders' states again under the lock: another repeat may have just finished.
-            specs = plan.plan_runs(chosen, config, seeds, noises, methods, overrides, out)
-            outcomes = _run_pending(chosen, config, specs, out, jobs, console)
+            specs = plan.plan_runs(
+                chosen, config, seeds=seeds, noises=noises, methods=methods, overrides=overrides, out=out
+            )
+            outcomes = _run_pending(chosen, config, specs, out=out, jobs=jobs, console=console)
             records = [_record(chosen, spec, outcomes.get(spec.name)) for spec in specs]
             rows = aggregate(chosen, records)
             title = f"{config.name} repeat in {out}: {len(specs)} runs"
-            tables = write_tables(out, chosen, rows, records, title)
+            tables = write_tables(out, chosen, rows=rows, records=records, title=title)
     except Interrupted as err:  # the scheduler has stopped every worker; their run folders are resumable
         err.hint = RESUME_HINT
         raise
@@ -102,7 +106,7 @@ def repeat(
 
 
 def _run_pending(
-    task: RepeatTask, config: Path, specs: Sequence[plan.RunSpec], out: Path, jobs: int, console: Console
+    task: RepeatTask, config: Path, specs: Sequence[plan.RunSpec], *, out: Path, jobs: int, console: Console
 ) -> dict[str, scheduler.Outcome]:
     """Start every unfinished run; return the outcomes by run name."""
     for spec in specs:

@@ -116,6 +116,7 @@ def _evaluated_checkpoint(run_dir: Path) -> Any:
 def plan_runs(
     task: RepeatTask,
     config: Path,
+    *,
     seeds: Sequence[int],
     noises: Sequence[str],
     methods: Sequence[str],

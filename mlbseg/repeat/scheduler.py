@@ -1,9 +1,9 @@
 """Run a list of commands as separate processes, N at a time, each pinned to a GPU or a share of the CPU.
 
 Slots: with CUDA GPUs, one slot per GPU (at most ``jobs``), and a process sees only its slot's GPU through
-``CUDA_VISIBLE_DEVICES`` (one run per GPU at a time, nnU-Net's recommendation for small networks, ECOSYSTEM
-§6); without, ``jobs`` CPU slots. Either way every process gets ``OMP_NUM_THREADS = cores // slots`` (unless
-the user set it), so N processes do not oversubscribe the cores.
+``CUDA_VISIBLE_DEVICES`` (one run per GPU at a time, nnU-Net's recommendation for small networks,
+docs/design.md §8); without, ``jobs`` CPU slots. Either way every process gets
+``OMP_NUM_THREADS = cores // slots`` (unless the user set it), so N processes do not oversubscribe the cores.
 
 Logs: a process's stdout and stderr go to its log file from the first byte. A fresh run's folder must be
 empty when its trainer starts, so its log is written beside the folder first (``OUT/.<run>.log``) and moved

@@ -1,4 +1,6 @@
-"""The repeat's result table (DESIGN.md §5, the paper's Table 8): mean ± std over seeds per (method, noise).
+"""The repeat's result table (the paper's Table 8): mean ± std over seeds per (method, noise).
+
+The protocol is docs/evaluation.md §4.
 
 Each run contributes one number per metric: the mean over its test volumes from its ``summary.json``
 (segmentation: Dice, in %, and HD95 in mm; classification: accuracy in %). Per (method, noise) the table
@@ -103,7 +105,7 @@ def csv_text(task: RepeatTask, rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_tables(
-    out: Path, task: RepeatTask, rows: Sequence[dict[str, Any]], records: Sequence[RunRecord], title: str
+    out: Path, task: RepeatTask, *, rows: Sequence[dict[str, Any]], records: Sequence[RunRecord], title: str
 ) -> list[Path]:
     """Write ``table.md``, ``table.csv`` and ``table.json`` into ``out``; return their paths."""
     document = {

@@ -20,6 +20,7 @@ def random_flip_rotate(
     images: Tensor,
     masks: Sequence[Tensor],
     generator: torch.Generator,
+    *,
     max_degrees: float = 10.0,
     flip_prob: float = 0.5,
 ) -> tuple[Tensor, tuple[Tensor, ...]]:

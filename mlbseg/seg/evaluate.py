@@ -1,7 +1,8 @@
-"""``mlbseg evaluate``: per-volume Dice and HD95 of a trained run on the test cases (DESIGN.md §5).
+"""``mlbseg evaluate``: per-volume Dice and HD95 of a trained run on the test cases (docs/evaluation.md §1).
 
 The test cases are touched only here, once, with the checkpoint the user names (``final`` by default): no
-model selection on test data. Results go to ``RUN_DIR/summary.json``: per case and mean ± std.
+model selection on test data. Results go to ``RUN_DIR/summary.json`` (docs/evaluation.md §2): per case
+and mean ± std.
 
 ``summary.json`` is derived, like nnU-Net's summary: every evaluation writes it afresh (atomically), so
 evaluating the run again, another checkpoint (``last``) or another prepared dataset replaces it, and

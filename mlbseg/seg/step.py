@@ -223,7 +223,13 @@ class SegmentationStep:
 
     def _apply(self, loss: torch.Tensor) -> None:
         """Backward, average the gradients over the processes, clip, SGD step, teacher update."""
-        apply_update(self.model, self.optimizer, loss, self.grad_clip_norm, self.dist.average_gradients)
+        apply_update(
+            self.model,
+            self.optimizer,
+            loss,
+            grad_clip_norm=self.grad_clip_norm,
+            average_gradients=self.dist.average_gradients,
+        )
         if self.teacher is not None:
             self.teacher.update(self.model)
 

@@ -14,6 +14,7 @@ process's own. With one process everything is as before: one generator for strea
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,18 @@ class SegmentationRun:
         )
         world, fraction = self.dist.world_size, cfg.data.foreground_fraction
         self.train_stream = slice_stream(
-            self.train_set, cfg.train.batch_size, fraction, world, self.stream_generator
+            self.train_set,
+            cfg.train.batch_size,
+            foreground_fraction=fraction,
+            groups=world,
+            generator=self.stream_generator,
         )
         self.meta_stream = slice_stream(
-            self.meta_set, cfg.method.meta_batch_size, fraction, world, self.stream_generator
+            self.meta_set,
+            cfg.method.meta_batch_size,
+            foreground_fraction=fraction,
+            groups=world,
+            generator=self.stream_generator,
         )
         self.meta_weighting = False
         self.totals: dict[str, torch.Tensor] = {}
@@ -170,17 +179,21 @@ class SegmentationRun:
 
 
 def slice_stream(
-    slices: SliceSet, batch_size: int, foreground_fraction: float, groups: int, generator: torch.Generator
+    slices: SliceSet, batch_size: int, *, foreground_fraction: float, groups: int, generator: torch.Generator
 ) -> IndexStream | MixedIndexStream:
     """Batch indices into ``slices``, uniform or with foreground oversampling.
 
     With ``foreground_fraction`` > 0, that share of each process's batch comes from the slices whose
-    training label has foreground (``data.foreground_fraction``).
+    training label has foreground (``data.foreground_fraction``): ``fraction × batch`` rounded half up,
+    and at least one slice, so that a positive share never silently turns the oversampling off (0.5 of a
+    batch of 1 is one foreground slice, not Python's round-half-to-even 0).
     """
-    count = round(foreground_fraction * batch_size)
+    count = max(1, math.floor(foreground_fraction * batch_size + 0.5)) if foreground_fraction > 0 else 0
     if count == 0:
         return IndexStream(len(slices), batch_size * groups, generator)
     foreground = slices.labels.flatten(1).any(dim=1).nonzero().flatten()  # [F]
     if len(foreground) == 0:
         raise UserError("data.foreground_fraction: no slice of this split has a foreground label")
-    return MixedIndexStream(foreground, len(slices), batch_size, count, groups, generator)
+    return MixedIndexStream(
+        foreground, len(slices), batch_size, subset_count=count, groups=groups, generator=generator
+    )

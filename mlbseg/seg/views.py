@@ -85,8 +85,8 @@ def make_views(
     """
     batch, channels, height, width = images.shape
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
-    pads, flips, size = _constants(tuple(zoom_pads), height, width, images.device, dtype)
-    scales = _draw_scales(batch, pads, flips, size, generator)  # [B, 5, 2]
+    pads, flips, size = _constants(tuple(zoom_pads), height, width, device=images.device, dtype=dtype)
+    scales = _draw_scales(batch, pads=pads, flips=flips, size=size, generator=generator)  # [B, 5, 2]
     params = ViewParams(_scale_matrices(scales), _scale_matrices(scales.reciprocal()))
     stack = torch.cat([images, *(label.to(images.dtype) for label in labels)], dim=1)  # [B, C + L, H, W]
     warped = warp_sample_major(stack, params.theta)  # [5B, C + L, H, W]
@@ -176,7 +176,9 @@ def average_pseudo_labels(view_probs: Tensor, params: ViewParams) -> Tensor:
     return (warp_sample_major(mean, params.theta) > 0.5).to(view_probs.dtype)
 
 
-def _draw_scales(batch: int, pads: Tensor, flips: Tensor, size: Tensor, generator: torch.Generator) -> Tensor:
+def _draw_scales(
+    batch: int, *, pads: Tensor, flips: Tensor, size: Tensor, generator: torch.Generator
+) -> Tensor:
     """Per-view (x, y) scales [B, 5, 2]: identity, zoom-in, zoom-out ×2, flip.
 
     ``pads`` [K] are the distinct candidate pads, ``flips`` [3, 2] the flip scales, ``size`` [2] is (W, H).
@@ -194,7 +196,7 @@ def _draw_scales(batch: int, pads: Tensor, flips: Tensor, size: Tensor, generato
 
 @functools.lru_cache(maxsize=16)
 def _constants(
-    zoom_pads: tuple[int, ...], height: int, width: int, device: torch.device, dtype: torch.dtype
+    zoom_pads: tuple[int, ...], height: int, width: int, *, device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Validated pads [K], flip scales [3, 2] and (W, H) [2] on ``device``, cached across steps."""
     if len(set(zoom_pads)) < 2 or min(zoom_pads) < 0 or 2 * max(zoom_pads) >= min(height, width):

@@ -3,14 +3,14 @@
 For a few training slices (drawn with a fixed seed among those whose reference has foreground) this does
 what one iteration of the run's method does up to the weights, and stops there: the run's augmentation
 and five views (MLB-Seg), the prediction, the multi-view pseudo-label, a clean meta batch, the unweighted
-consistency/EMA terms, and the meta engine (:func:`mlbseg.meta.bootstrap_weights`) with an SGD optimizer
-built from the run's ``optim`` section. No optimizer step is taken and the run folder is not written to.
+consistency/EMA terms, and the meta engine (:func:`mlbseg.meta.bootstrap_weights`) with the run's optimizer
+(``optim``). No optimizer step is taken and the run folder is not written to.
 
 The checkpoint ``last`` (the default) holds the optimizer state, so the virtual step uses the run's live
-momentum buffers, as training did; ``final`` has none (momentum starts from zero). The learning rate is
-the one of the run's last epoch. Slices go through the engine ``train.batch_size`` at a time, each batch
-with its own meta batch, as in training (``org`` normalisation makes the weights of one call sum to 1).
-Rows show the identity view.
+momentum buffers (Adam: moments), as training did; ``final`` has none (the state starts from zero). The
+learning rate is the one of the run's last epoch. Slices go through the engine ``train.batch_size`` at a
+time, each batch with its own meta batch, as in training (``org`` normalisation makes the weights of one
+call sum to 1). Rows show the identity view.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from mlbseg.seg.views import NUM_VIEWS
 
 
 def weight_map_rows(
-    run_dir: Path, checkpoint: str = "last", count: int = 4, seed: int = 0, device: str = "auto"
+    run_dir: Path, checkpoint: str = "last", *, count: int = 4, seed: int = 0, device: str = "auto"
 ) -> list[dict[str, Any]]:
     """Rows for :func:`mlbseg.figures.weights.weight_map_figure`: one per chosen training slice.
 
@@ -58,7 +58,7 @@ def weight_map_rows(
         raise UserError(
             f"{run_dir}: method '{cfg.method.name}' learns no α/β weights; weight maps need l2rw or mlbseg"
         )
-    step = _rebuild_step(cfg, model, state, torch_device, seed)
+    step = _rebuild_step(cfg, model, state, device=torch_device, seed=seed)
     prepared = Path(cfg.data.prepared)
     label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
     train_set = load_slices(prepared, "train", label_key, torch_device)
@@ -69,16 +69,16 @@ def weight_map_rows(
     chosen = _choose_slices(train_set, count, seed).to(torch_device)
     rows: list[dict[str, Any]] = []
     for index in chosen.split(cfg.train.batch_size):
-        rows += _weights_of_batch(step, train_set, meta_set, meta_stream.next(), index)
+        rows += _weights_of_batch(step, train_set, meta_set, meta_index=meta_stream.next(), index=index)
     for row, index in zip(rows, chosen.tolist(), strict=True):
         row["title"] = names[index]
     return rows
 
 
 def _rebuild_step(
-    cfg: SegConfig, model: torch.nn.Module, state: dict[str, Any], device: torch.device, seed: int
+    cfg: SegConfig, model: torch.nn.Module, state: dict[str, Any], *, device: torch.device, seed: int
 ) -> SegmentationStep:
-    """The run's step: SGD with the checkpoint's momentum buffers (if any) and the EMA teacher (if used)."""
+    """The run's step: its optimizer with the checkpoint's state (if any) and the EMA teacher (if used)."""
     model.train()  # the mode of a training step (BatchNorm on batch statistics)
     optimizer = build_optimizer(model, cfg.optim)
     if state.get("optimizer") is not None:
@@ -127,6 +127,7 @@ def _weights_of_batch(
     step: SegmentationStep,
     train_set: SliceSet,
     meta_set: SliceSet,
+    *,
     meta_index: torch.Tensor,
     index: torch.Tensor,
 ) -> list[dict[str, Any]]:

@@ -125,6 +125,7 @@ def test_a_failed_start_never_blocks_the_corrected_command(prepared, tmp_path):
     assert (run_dir / "checkpoints" / "final.pt").is_file()
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_finished_run_and_is_refused_without_it(cifar_root, tmp_path):
     run_dir = tmp_path / "run"
     assert _cls(cifar_root, run_dir, "--set", "train.epochs=1").exit_code == 0
@@ -138,12 +139,15 @@ def test_overwrite_replaces_a_finished_run_and_is_refused_without_it(cifar_root,
 
 def test_resume_of_a_live_run_is_refused(prepared, tmp_path):
     run_dir = tmp_path / "run"
-    assert _seg(prepared, run_dir, "--set", "train.epochs=1").exit_code == 0
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"a live run's checkpoint")
     with run_lock(run_dir):  # as a process that still trains this run holds it
         _one_line_error(_seg(prepared, run_dir, "--resume"), "another process is training this run")
         _one_line_error(_seg(prepared, run_dir, "--overwrite"), "another process is training this run")
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == b"a live run's checkpoint"
 
 
+@pytest.mark.slow
 def test_sigterm_ends_training_with_a_resume_hint_and_the_resume_finishes(prepared, tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "mlbseg", "train", str(SEG_SMOKE), "--set", f"data.prepared={prepared}"]

@@ -1,10 +1,11 @@
-"""The allowed import edges between mlbseg's packages (docs/design.md §1.1), read from the source with ast.
+"""The allowed import edges between mlbseg's packages, read from the source with ast.
 
 Layers, each importing only those below it: ``cli`` → ``demo`` → ``repeat`` and ``run_figures`` →
 ``seg`` / ``cls`` → ``evaluation`` → ``prep`` → ``engine`` → ``meta``, with ``config`` and ``errors`` at the
-bottom. ``figures`` is a drawing layer (arrays in, file out) that imports no task package. Outside
-``cli/`` (which imports its commands' dependencies inside the commands, so ``mlbseg --help`` stays fast),
-no function imports an mlbseg module: dependencies are visible at the top of each file.
+bottom (``meta``'s own boundary: docs/design.md §3.4). ``figures`` is a drawing layer (arrays in, file out)
+that imports no task package. Outside ``cli/`` (which imports its commands' dependencies inside the
+commands, so ``mlbseg --help`` stays fast, docs/design.md §1), no function imports an mlbseg module:
+dependencies are visible at the top of each file.
 """
 
 from __future__ import annotations

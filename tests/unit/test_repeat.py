@@ -63,7 +63,15 @@ def _plan(prepared, out, **kwargs):
         "overrides": [f"data.prepared={prepared}"],
     }
     args.update(kwargs)
-    return plan_runs(SEG, SMOKE, args["seeds"], args["noises"], args["methods"], args["overrides"], out)
+    return plan_runs(
+        SEG,
+        SMOKE,
+        seeds=args["seeds"],
+        noises=args["noises"],
+        methods=args["methods"],
+        overrides=args["overrides"],
+        out=out,
+    )
 
 
 def _fake_run(spec, files):

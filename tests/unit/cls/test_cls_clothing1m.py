@@ -65,9 +65,9 @@ def test_sampler_follows_set_epoch():
     sampler = BalancedEpochSampler(labels, 28, 14, seed=5)
     first = list(sampler)
     assert first == list(sampler)
-    assert first == balanced_epoch_indices(labels, 28, 14, 5, 0).tolist()
+    assert first == balanced_epoch_indices(labels, 28, 14, seed=5, epoch=0).tolist()
     sampler.set_epoch(3)
-    assert list(sampler) == balanced_epoch_indices(labels, 28, 14, 5, 3).tolist()
+    assert list(sampler) == balanced_epoch_indices(labels, 28, 14, seed=5, epoch=3).tolist()
     assert len(sampler) == 28
 
 

@@ -57,7 +57,7 @@ def test_vectorised_draws_equal_sequential_legacy_choice(matrix):
 def test_isic_golden_first_ten_labels_unif_seed0():
     # Each label only depends on its own uniform draw, so the first ten of the real train list are testable.
     clean = np.concatenate([[1, 1, 0, 0, 1, 1, 1, 1, 1, 0], np.zeros(50, dtype=int)])
-    noisy = corrupt_labels(clean, "l2b_unif", 0.2, 8, np.random.RandomState(0))
+    noisy = corrupt_labels(clean, "l2b_unif", 0.2, num_classes=8, rng=np.random.RandomState(0))
     assert noisy.labels[:10].tolist() == [1, 1, 0, 0, 1, 1, 1, 3, 6, 0]
 
 
@@ -66,14 +66,14 @@ def test_unif_matrix_and_its_true_rate():
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
     np.testing.assert_allclose(np.diag(matrix), 1 - 0.4 + 0.04)
     clean = np.arange(30000) % 10
-    noisy = corrupt_labels(clean, "l2b_unif", 0.4, 10, np.random.RandomState(0))
+    noisy = corrupt_labels(clean, "l2b_unif", 0.4, num_classes=10, rng=np.random.RandomState(0))
     assert noisy.rate == pytest.approx(0.4 * 9 / 10, abs=0.01)
     assert noisy.rate == pytest.approx(np.mean(noisy.labels != clean))
 
 
 def test_l2b_flip_moves_labels_only_to_the_targets():
     clean = np.arange(20000) % 10
-    noisy = corrupt_labels(clean, "l2b_flip", 0.3, 10, np.random.default_rng(0))
+    noisy = corrupt_labels(clean, "l2b_flip", 0.3, num_classes=10, rng=np.random.default_rng(0))
     changed = noisy.labels != clean
     assert np.all(noisy.labels[changed] == np.array(CIFAR10_FLIP)[clean[changed]])
     assert noisy.rate == pytest.approx(0.3, abs=0.015)
@@ -101,7 +101,14 @@ def test_symmetric_new_classes_are_uniform_over_the_others():
 
 def test_cifar10_semantic_noise_exact_per_source_class():
     clean = np.arange(1000) % 10  # 100 per class
-    noisy = corrupt_labels(clean, "asymmetric", 0.4, 10, np.random.default_rng(0), cifar10_semantic_targets())
+    noisy = corrupt_labels(
+        clean,
+        "asymmetric",
+        0.4,
+        num_classes=10,
+        rng=np.random.default_rng(0),
+        targets=cifar10_semantic_targets(),
+    )
     pairs = {(int(a), int(b)) for a, b in zip(clean, noisy.labels, strict=True) if a != b}
     assert pairs == {(9, 1), (2, 0), (4, 7), (3, 5), (5, 3)}
     changed_per_class = np.bincount(clean[noisy.labels != clean], minlength=10)
@@ -112,7 +119,7 @@ def test_cifar10_semantic_noise_exact_per_source_class():
 def test_pairflip_and_generic_class_map():
     assert pairflip_targets(4).tolist() == [1, 2, 3, 0]
     clean = np.arange(400) % 4
-    noisy = corrupt_labels(clean, "pairflip", 0.25, 4, np.random.default_rng(0))
+    noisy = corrupt_labels(clean, "pairflip", 0.25, num_classes=4, rng=np.random.default_rng(0))
     assert noisy.rate == 0.25
     changed = noisy.labels != clean
     assert np.all(noisy.labels[changed] == (clean[changed] + 1) % 4)
@@ -140,13 +147,13 @@ def test_superclass_targets_reject_inconsistent_or_incomplete_data():
 
 def test_corrupt_labels_none_and_errors():
     clean = np.arange(20) % 4
-    same = corrupt_labels(clean, "none", 0.5, 4, np.random.default_rng(0))
+    same = corrupt_labels(clean, "none", 0.5, num_classes=4, rng=np.random.default_rng(0))
     assert np.array_equal(same.labels, clean)
     assert same.rate == 0.0
     with pytest.raises(UserError, match=r"unknown noise scheme 'bogus'.*symmetric"):
-        corrupt_labels(clean, "bogus", 0.2, 4, np.random.default_rng(0))
+        corrupt_labels(clean, "bogus", 0.2, num_classes=4, rng=np.random.default_rng(0))
     with pytest.raises(UserError, match="out of range"):
-        corrupt_labels(clean, "symmetric", 1.5, 4, np.random.default_rng(0))
+        corrupt_labels(clean, "symmetric", 1.5, num_classes=4, rng=np.random.default_rng(0))
     with pytest.raises(UserError, match="pairflip"):
-        corrupt_labels(clean, "asymmetric", 0.2, 4, np.random.default_rng(0))
+        corrupt_labels(clean, "asymmetric", 0.2, num_classes=4, rng=np.random.default_rng(0))
     assert "l2b_unif" in SCHEMES

@@ -53,7 +53,9 @@ def test_mixed_stream_state_round_trip():
 
     def build(seed):
         generator = torch.Generator().manual_seed(seed)
-        return MixedIndexStream(torch.arange(5), 12, 3, 1, 1, generator), generator
+        return MixedIndexStream(
+            torch.arange(5), 12, 3, subset_count=1, groups=1, generator=generator
+        ), generator
 
     stream, generator = build(1)
     for _ in range(4):

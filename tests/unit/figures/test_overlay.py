@@ -29,7 +29,7 @@ def case():
 
 
 def test_png_has_the_figure_size_at_the_requested_dpi_and_all_three_contours(tmp_path, case):
-    out = overlay_figure(*case, tmp_path / "overlay.png")
+    out = overlay_figure(*case, out_path=tmp_path / "overlay.png")
     figure = draw_overlay(*case)
     assert tuple(figure.get_size_inches()) == pytest.approx((3.0 * 3, 3.0 * H / W + LEGEND_INCHES))
     with Image.open(out) as png:
@@ -44,7 +44,9 @@ def test_png_has_the_figure_size_at_the_requested_dpi_and_all_three_contours(tmp
 def test_missing_layers_are_left_out_of_panels_and_legend(tmp_path, case, missing, absent_color, present):
     image, reference, noisy, prediction = case
     layers = {"noisy": noisy, "prediction": prediction, missing: None}
-    out = overlay_figure(image, reference, layers["noisy"], layers["prediction"], tmp_path / "o.png", dpi=100)
+    out = overlay_figure(
+        image, reference, layers["noisy"], layers["prediction"], out_path=tmp_path / "o.png", dpi=100
+    )
     assert _count(out, absent_color) == 0
     assert _count(out, present) > 0
     assert _count(out, RED) > 0
@@ -106,8 +108,8 @@ def test_single_slice_input_and_bad_shapes(case):
 
 
 def test_existing_png_needs_overwrite(tmp_path, case):
-    out = overlay_figure(*case, tmp_path / "o.png", dpi=50)
+    out = overlay_figure(*case, out_path=tmp_path / "o.png", dpi=50)
     with pytest.raises(UserError, match="overwrite"):
-        overlay_figure(*case, out, dpi=50)
-    overlay_figure(*case, out, dpi=50, overwrite=True)
+        overlay_figure(*case, out_path=out, dpi=50)
+    overlay_figure(*case, out_path=out, dpi=50, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["o.png"]

@@ -1,4 +1,4 @@
-"""``mlbseg.meta`` depends only on torch, the standard library and itself (STYLE.md §3.6)."""
+"""``mlbseg.meta`` depends only on torch, the standard library and itself (docs/design.md §3.4)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ def test_eps_sensitivity_is_the_derivative_of_the_update_along_a_cost_gradient(s
 
 
 def test_eps_sensitivity_of_the_reference_setting_is_the_learning_rate():
-    """REFERENCE.md §1.4: with a live buffer and no dampening, ∂θ̂/∂ε_i = −η ∇ℓ_i."""
+    """docs/reference.md §1.4: with a live buffer and no dampening, ∂θ̂/∂ε_i = −η ∇ℓ_i."""
     slot = SGDSlot(
         lr=0.03, momentum=0.9, dampening=0.0, weight_decay=5e-4, nesterov=False, buffer=torch.ones(1)
     )

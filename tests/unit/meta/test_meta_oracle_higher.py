@@ -20,7 +20,10 @@ def per_element(loss: str, logits: torch.Tensor, targets: torch.Tensor) -> torch
 
 
 def reference_weights(case, extra_loss=None):
-    """REFERENCE.md §1.3 step 4 / §6.9 step 2-4: higher's differentiable SGD, then the 'org' normaliser."""
+    """The reference's weights: higher's differentiable SGD, then the 'org' normaliser.
+
+    As docs/reference.md §1.3 step 4 (classification) and §6.9 steps 2-4 (segmentation).
+    """
     with higher.innerloop_ctx(case.model, case.optimizer) as (fmodel, diffopt):
         logits = fmodel(case.inputs)
         costs = torch.stack(

@@ -28,7 +28,7 @@ def mixup_targets(labels: torch.Tensor, pairing: torch.Tensor, lam: float, class
 
 
 def mixed_case(case_factory, setting="momentum_wd", steps=3, seed=0):
-    """A ``cls`` case after ``steps`` real SGD steps, its training batch mixed as REFERENCE.md §1.3 step 1.
+    """A ``cls`` case after ``steps`` real SGD steps, its batch mixed as in docs/reference.md §1.3 step 1.
 
     Returns the case (inputs mixed, noisy soft, pseudo = argmax on the mixed batch, meta batch unmixed) and
     the hard labels y, y[π] and λ.

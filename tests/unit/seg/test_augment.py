@@ -41,7 +41,9 @@ def test_flip_only_is_torch_flip():
 def test_image_and_masks_share_parameters_per_sample():
     _, _, noisy = _batch(batch=8)
     as_image = noisy.float()
-    out, (out_mask,) = random_flip_rotate(as_image, (noisy,), torch.Generator().manual_seed(2), 0.0, 0.5)
+    out, (out_mask,) = random_flip_rotate(
+        as_image, (noisy,), torch.Generator().manual_seed(2), max_degrees=0.0, flip_prob=0.5
+    )
     assert torch.equal(out.round().to(torch.uint8), out_mask)
     flipped = (out_mask != noisy).flatten(1).any(dim=1)
     assert 0 < flipped.sum() < 8  # some samples flipped, some not
