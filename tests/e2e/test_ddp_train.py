@@ -5,6 +5,7 @@ Two processes train the smoke config on tiny phantoms. Rank 0 alone writes the r
 weights of an uninterrupted run; mistakes end every process with the one-line error instead of a hang.
 """
 
+import contextlib
 import csv
 import os
 import signal
@@ -18,6 +19,8 @@ import torch
 from typer.testing import CliRunner
 
 from mlbseg.cli import app
+
+from .processes import alive, descendants
 
 ROOT = Path(__file__).parents[2]
 SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
@@ -42,6 +45,13 @@ def _torchrun(prepared: Path, run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True
     )
+
+
+def _wait_until_dead(pids: list[int]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"still alive after SIGKILL: {pids}"
+        time.sleep(0.05)
 
 
 def _finish(process: subprocess.Popen) -> tuple[int, str]:
@@ -98,8 +108,14 @@ def test_resume_after_killing_every_process_matches_the_uninterrupted_run(prepar
     while not last.exists() and time.monotonic() < deadline and victim.poll() is None:
         time.sleep(0.05)
     assert last.exists(), _finish(victim)[1]
+    workers = descendants(victim.pid)  # torchrun starts its workers in sessions of their own
+    assert len(workers) >= 2
     os.killpg(victim.pid, signal.SIGKILL)  # torchrun and both workers, mid-run
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     victim.wait()
+    _wait_until_dead(workers)
     assert not (run_dir / "checkpoints" / "final.pt").exists()
     code, output = _finish(_torchrun(prepared, run_dir, "--resume"))
     assert code == 0, output

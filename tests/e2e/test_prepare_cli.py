@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from mlbseg.cli import app
 from mlbseg.prep.volumes import read_volume, write_volume
 
+from .processes import alive, children
+
 runner = CliRunner()
 
 
@@ -171,29 +173,9 @@ def test_merge_accepts_other_labels_and_existing_output_needs_overwrite(raw, tmp
     assert json.loads((out / "manifest.json").read_text())["labels"] == "binary"
 
 
-def _children(pid):
-    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            pass  # ended while we looked
-    return pids
-
-
-def _alive(pid):
-    """Whether ``pid`` is a live process (a zombie is dead: it waits only to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _workers(pid):
     """The pool's worker processes among the children of ``pid`` (not multiprocessing's tracker)."""
-    return [child for child in _children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
+    return [child for child in children(pid) if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()]
 
 
 @pytest.mark.parametrize(
@@ -212,7 +194,7 @@ def test_a_signal_ends_every_worker_and_leaves_nothing(raw, tmp_path, signum, to
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.monotonic() < deadline
             time.sleep(0.01)
-        children = _children(proc.pid)
+        started = children(proc.pid)
         workers = _workers(proc.pid)
         for pid in workers:
             os.kill(pid, signal.SIGSTOP)  # held mid-work: none can finish before the signal lands
@@ -228,7 +210,7 @@ def test_a_signal_ends_every_worker_and_leaves_nothing(raw, tmp_path, signum, to
     assert proc.returncode == 128 + signum, stderr.decode()
     assert stderr.decode() == "interrupted; continue with the same command\n"  # no worker's traceback
     deadline = time.monotonic() + 10  # multiprocessing's tracker ends when it sees the parent gone
-    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in children)
+    assert not any(alive(pid) for pid in started)
     assert list(tmp_path.iterdir()) == []  # neither staging folder nor the parent folder it created

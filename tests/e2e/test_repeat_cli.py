@@ -20,6 +20,8 @@ from mlbseg.cli._errors import reports_user_errors
 from mlbseg.cli.repeat import repeat
 from mlbseg.engine.lock import run_lock
 
+from .processes import alive, children
+
 ROOT = Path(__file__).parents[2]
 SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
 CLS_SMOKE = ROOT / "configs" / "cls" / "smoke.yaml"
@@ -139,26 +141,6 @@ def test_a_failed_run_is_reported_and_retried(prepared, tmp_path):
     assert log.read_text().count("mlbseg repeat: fresh") == 2  # the earlier attempt's log is kept
 
 
-def _children(pid):
-    """Pids of the processes whose parent is ``pid`` (Linux /proc)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rpartition(")")[2].split()[1]) == pid:
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError):
-            pass  # ended while we looked
-    return pids
-
-
-def _alive(pid):
-    """Whether ``pid`` is a live process (a zombie is dead: it waits only to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _popen(module, *args):
     command = [sys.executable, "-m", module, *(str(arg) for arg in args)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes side by side on two cores
@@ -181,7 +163,7 @@ def _interrupt_in_training(victim, run_dir):
         assert victim.poll() is None, victim.stderr.read().decode()
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    workers = _children(victim.pid)
+    workers = children(victim.pid)
     assert workers, "the run's worker process"
     victim.send_signal(signal.SIGTERM)  # in the run's second epoch
     _, stderr = victim.communicate(timeout=60)
@@ -206,7 +188,7 @@ def test_sigterm_stops_the_workers_and_the_rerun_ends_as_an_uninterrupted_run(
         assert stderr == (
             "interrupted; continue with the same command (finished runs are kept, interrupted ones resume)\n"
         )
-        assert not any(_alive(pid) for pid in workers)
+        assert not any(alive(pid) for pid in workers)
         assert not (run_dir / "checkpoints" / "final.pt").exists()
         assert sorted(path.name for path in out.iterdir()) == [".lock", run_dir.name]  # no pending log
         assert "interrupted by SIGTERM" in (run_dir / "log.txt").read_text()
