@@ -28,7 +28,10 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 TIMEOUT = 240
 runner = CliRunner()
 
-pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to python")
+pytestmark = [
+    pytest.mark.slow,  # torchrun end to end; the default tier checks the same arithmetic on 2 gloo processes
+    pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to python"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -208,6 +208,7 @@ def test_an_interrupted_demo_continues_where_it_stopped(tmp_path):
     assert epochs == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_an_interrupted_overwrite_leaves_the_earlier_demo_intact(tmp_path):
     out = tmp_path / "demo"
     out.mkdir()

@@ -49,6 +49,7 @@ def test_smoke_run_writes_the_run_folder(prepared, tmp_path):
     assert any((run_dir / "tensorboard").iterdir())
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_and_resume_of_finished_run_is_a_no_op(prepared, tmp_path):
     run_dir = tmp_path / "run"
     assert _train(prepared, run_dir).exit_code == 0
@@ -85,6 +86,7 @@ def _subprocess_train(prepared, run_dir, *extra):
     return subprocess.Popen([*command, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
 
+@pytest.mark.slow
 def test_resume_after_a_real_kill_matches_an_uninterrupted_run(prepared, tmp_path):
     reference = _subprocess_train(prepared, tmp_path / "reference")
     killed_dir = tmp_path / "killed"
@@ -118,6 +120,7 @@ def test_unknown_normalizer_and_bad_zoom_pads_fail_before_training(prepared, tmp
     assert not (tmp_path / "b" / "checkpoints" / "last.pt").exists()
 
 
+@pytest.mark.slow
 def test_foreground_oversampling_trains_and_rejects_a_bad_share(prepared, tmp_path):
     result = _train(prepared, tmp_path / "a", "--set", "data.foreground_fraction=0.5")
     assert result.exit_code == 0, result.output
