@@ -14,8 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from mlbseg.errors import UserError
 from mlbseg.engine.atomic import atomic_folder
+from mlbseg.errors import UserError
 from mlbseg.prep.discovery import discover_cases
 
 
