@@ -94,15 +94,6 @@ def replace_folder(staged: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def staging_folder(target: Path) -> Path:
-    """A new empty hidden sibling of ``target`` with the umask's permissions (mkdtemp's 0700 would stick)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
-    return staging
-
-
 @contextmanager
 def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on success it is renamed to ``target``, on error removed.
@@ -113,11 +104,14 @@ def atomic_folder(target: str | Path, overwrite: bool = False) -> Iterator[Path]
     target = Path(target).absolute()
     check_target(target, overwrite)
     created = _make_parents(target.parent)
+    # The name is chosen before the folder exists, so an interruption at any point (even inside mkdir)
+    # leaves nothing that the cleanup below does not know of. mkdir's mode goes through the umask.
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
-        staging = staging_folder(target)
-    except OSError as err:
-        raise UserError(f"{target.parent}: cannot write here ({err.strerror})") from None
-    try:
+        try:
+            staging.mkdir(mode=0o777)
+        except OSError as err:
+            raise UserError(f"{target.parent}: cannot write here ({err.strerror})") from None
         yield staging
         replace_folder(staging, target)
     except BaseException:
