@@ -4,8 +4,8 @@ Data: PROMISE12-sized phantoms, ``mlbseg synth`` (50 cases) + ``mlbseg prepare -
 3 meta, 10 test cases at 144x144), made in a temporary folder, or in ``--data DIR`` (kept, and reused when
 it already holds a prepared dataset). Modes, on the shipped configs with noise L2:
 
-- ``baseline``: ``configs/seg/promise12_baseline.yaml`` (mean BCE on the noisy masks);
-- ``mlbseg_forward``: ``configs/seg/promise12_mlbseg.yaml`` (views, consistency, EMA, meta-batch step);
+- ``baseline``: the shipped ``promise12_baseline`` (mean BCE on the noisy masks);
+- ``mlbseg_forward``: the shipped ``promise12_mlbseg`` (views, consistency, EMA, meta-batch step);
 - ``mlbseg_lookahead``: the same with ``method.engine=lookahead`` (the reference's second-order form).
 
 Each mode runs in a fresh process through the real task run (``SegmentationRun``, stepped as the training
@@ -36,11 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "baseline": ("configs/seg/promise12_baseline.yaml", ()),
-    "mlbseg_forward": ("configs/seg/promise12_mlbseg.yaml", ("method.engine=forward",)),
-    "mlbseg_lookahead": ("configs/seg/promise12_mlbseg.yaml", ("method.engine=lookahead",)),
+    "baseline": ("promise12_baseline", ()),
+    "mlbseg_forward": ("promise12_mlbseg", ("method.engine=forward",)),
+    "mlbseg_lookahead": ("promise12_mlbseg", ("method.engine=lookahead",)),
 }
 FULL_RUN_EPOCHS, TARGET_MINUTES = 100, 30.0
 
@@ -81,7 +80,7 @@ def peak_mib(cuda: bool) -> float:
 
 def build_run(mode: str, args: argparse.Namespace):
     """The mode's :class:`SegmentationRun` on the prepared phantoms, as the training engine builds it."""
-    from mlbseg.config import load_config
+    from mlbseg.config import load_config, resolve_config_path
     from mlbseg.engine.distributed import SINGLE
     from mlbseg.engine.seeding import amp_dtype_for, resolve_device, seed_everything
     from mlbseg.engine.trainer import Runtime
@@ -89,7 +88,9 @@ def build_run(mode: str, args: argparse.Namespace):
     from mlbseg.seg.trainer import SegmentationRun
 
     config, overrides = MODES[mode]
-    cfg = load_config(SegConfig, ROOT / config, [f"data.prepared={args.data}", *overrides, *args.set])
+    cfg = load_config(
+        SegConfig, resolve_config_path(config, "seg"), [f"data.prepared={args.data}", *overrides, *args.set]
+    )
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     amp_dtype = amp_dtype_for(device) if cfg.train.amp else None
@@ -187,7 +188,7 @@ def section_body(table: str, summary: dict, args: argparse.Namespace) -> str:
     overrides = ", ".join(f"`{item}`" for item in args.set) or "none"
     return (
         "PROMISE12-sized phantoms (`mlbseg synth` 50 cases, `mlbseg prepare --split paper`: 37/3/10 cases, "
-        "144x144), noise L2, the shipped `configs/seg/promise12_*.yaml` (extra overrides: "
+        "144x144), noise L2, the shipped `promise12_baseline`/`promise12_mlbseg` configs (extra overrides: "
         f"{overrides}); device {summary['device']}. Each mode in a fresh process through the trainer: "
         f"{args.warmup} warm-up steps, then {args.epochs_fraction:g} of an epoch timed and extrapolated "
         "to a full epoch, validation on the 3 meta cases included.\n\n"

@@ -5,12 +5,16 @@ Precedence is dataclass defaults < YAML file < ``--set key.sub=value``. Unknown 
 float, ``--set meta.enabled=false`` is ``False``), and a field may restrict its values with
 ``field(metadata={"choices": (...)})``. Every problem is a :class:`~mlbseg.errors.UserError` naming the
 file and the dotted key.
+
+The shipped configs (``mlbseg/configs/<task>/<name>.yaml``, package data) are listed by
+:func:`shipped_configs` and found by name with :func:`resolve_config_path`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,6 +26,89 @@ import yaml
 from mlbseg.errors import UserError
 
 T = TypeVar("T")
+
+SHIPPED_DIR = Path(__file__).with_name("configs")  # the shipped configs: SHIPPED_DIR/<task>/<name>.yaml
+TASKS = {"seg": "segmentation", "cls": "classification"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShippedConfig:
+    """One config shipped with the package, e.g. ``seg/promise12_mlbseg``."""
+
+    task: str  # "seg" or "cls"
+    name: str  # the file name without ``.yaml``
+    path: Path
+    summary: str  # the file's first comment line
+
+    @property
+    def qualified(self) -> str:
+        """``<task>/<name>``, the name that is never ambiguous."""
+        return f"{self.task}/{self.name}"
+
+
+def shipped_configs(task: str | None = None) -> list[ShippedConfig]:
+    """The shipped configs (of one task: ``seg`` or ``cls``; None: both), segmentation first, by name."""
+    found = []
+    for name in TASKS if task is None else (task,):
+        for path in sorted((SHIPPED_DIR / name).glob("*.yaml")):
+            found.append(ShippedConfig(name, path.stem, path, _summary(path)))
+    return found
+
+
+def resolve_config_path(name_or_path: str | Path, task: str | None = None) -> Path:
+    """The config file that ``name_or_path`` names: a path that exists wins, else a shipped config.
+
+    A shipped config is named ``<name>`` or ``<task>/<name>`` (``.yaml`` optional), e.g.
+    ``promise12_mlbseg``, ``cifar10`` or ``cls/cifar10``. With ``task`` only that task's configs count.
+
+    Raises:
+        UserError: Neither a file nor exactly one shipped config; the message lists the shipped names.
+
+    Example:
+        >>> resolve_config_path("cls/cifar10").relative_to(SHIPPED_DIR).as_posix()
+        'cls/cifar10.yaml'
+    """
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    text = str(name_or_path).removesuffix(".yaml")
+    wanted_task, _, name = text.rpartition("/")
+    candidates = shipped_configs(task)
+    matches = [c for c in candidates if c.name == name and wanted_task in ("", c.task)]
+    if len(matches) == 1:
+        return matches[0].path
+    if len(matches) > 1:
+        options = " or ".join(match.qualified for match in matches)
+        raise UserError(f"{name_or_path}: more than one shipped config has this name; give {options}")
+    names = ", ".join(c.name if task is not None else c.qualified for c in candidates) or "none"
+    kind = f"shipped {TASKS[task]} config" if task is not None else "shipped config"
+    raise UserError(
+        f"{name_or_path}: no such file and no {kind} of that name; shipped: {names} (see `mlbseg configs`)"
+    )
+
+
+def absolute_path(value: str | None) -> str | None:
+    """``value`` as an absolute path (``~`` expanded, relative to the working directory); None stays None.
+
+    Symbolic links are kept as given (``os.path.abspath``), so the path reads as the user typed it.
+
+    Example:
+        >>> absolute_path("/data/./prepared/")
+        '/data/prepared'
+    """
+    if value is None:
+        return None
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _summary(path: Path) -> str:
+    """The first comment line of a YAML file, without its ``#``."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
 
 
 def choice(default: Any, choices: Sequence[Any]) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mlbseg import __version__
-from mlbseg.cli import classify, data, demo, evaluate, figure, predict, repeat, train
+from mlbseg.cli import classify, configs, data, demo, evaluate, figure, predict, repeat, train
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
@@ -46,6 +47,7 @@ for _command in (
     repeat.repeat,
     predict.predict,
     demo.demo,
+    configs.configs,
 ):
     app.command()(reports_user_errors(_command))
 app.add_typer(classify.app, name="classify")

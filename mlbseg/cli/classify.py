@@ -19,11 +19,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
 def train(
-    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/cls/cifar10.yaml."),
+    config: Path = typer.Argument(
+        ..., help="Run config: a YAML file or a shipped name (`mlbseg configs`), e.g. cifar10."
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override one key, e.g. --set data.noise_rate=0.4 (repeatable)."
     ),
@@ -36,10 +39,10 @@ def train(
     ),
 ) -> None:
     """Train a classifier on noisy labels: baseline, l2rw or l2b (method.name)."""
-    from mlbseg.cls.config import ClsConfig
-    from mlbseg.config import load_config
+    from mlbseg.cls.config import ClsConfig, with_absolute_paths
+    from mlbseg.config import load_config, resolve_config_path
 
-    cfg = load_config(ClsConfig, config, overrides)
+    cfg = with_absolute_paths(load_config(ClsConfig, resolve_config_path(config, "cls"), overrides))
     from mlbseg.cls.trainer import train as run_training
 
     folder = run_training(cfg, run_dir, resume=resume, overwrite=overwrite)

@@ -22,7 +22,7 @@ def synth(
     fov: tuple[float, float] = typer.Option(
         (130.0, 200.0), "--fov", help="In-plane field of view range LOW HIGH in mm (small = gland-centred)."
     ),
-    jobs: int = typer.Option(1, "--jobs", min=1, help=f"Worker processes (this machine has {CORES} cores)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists."),
 ) -> None:
     """Write PROMISE12-layout MR phantoms with gland masks, for demos and tests."""
@@ -57,7 +57,7 @@ def prepare(
         "--labels",
         help="'binary' (masks must be 0/1), 'merge' (label > 0), 'auto' (merge for MSD only).",
     ),
-    jobs: int = typer.Option(1, "--jobs", min=1, help=f"Worker processes (this machine has {CORES} cores)."),
+    jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace PREPARED if it exists."),
 ) -> None:
     """Slice volumes to SIZE×SIZE, normalise, split, and add calibrated L1–L3 noisy masks."""

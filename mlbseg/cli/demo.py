@@ -19,7 +19,13 @@ def demo(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a training key of both runs, e.g. --set train.device=cuda (repeatable)."
     ),
-    jobs: int = typer.Option(min(CORES, 4), "--jobs", min=1, help="Worker processes for synth and prepare."),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        min=1,
+        show_default=False,
+        help="Worker processes for synth and prepare; default: the usable CPU cores, at most 4.",
+    ),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",
@@ -30,7 +36,7 @@ def demo(
 
     Writes OUT/figures/ (Figure-5 overlays, α/β maps, curves) and OUT/table.md, table.csv, table.json
     (test Dice and HD95, mean ± std over the seeds, as `mlbseg repeat`). A rerun continues where an
-    interrupted one (Ctrl-C, SIGTERM) stopped. About 7 minutes for one seed on a 2-core CPU.
+    interrupted one (Ctrl-C, SIGTERM) stopped. Minutes on a CPU (docs/performance.md).
     """
     from mlbseg.demo import DemoData, run_demo
     from mlbseg.repeat import parse_seeds
@@ -41,6 +47,6 @@ def demo(
         data=DemoData(cases=cases, size=size),
         overrides=overrides,
         overwrite=overwrite,
-        jobs=jobs,
+        jobs=min(CORES, 4) if jobs is None else jobs,
     )
     typer.echo(f"wrote {', '.join(str(path) for path in result.figures)}")

@@ -11,7 +11,9 @@ import typer
 
 
 def repeat(
-    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/seg/promise12_mlbseg.yaml."),
+    config: Path = typer.Argument(
+        ..., help="Run config: a YAML file or a shipped name (`mlbseg configs`), e.g. promise12_mlbseg."
+    ),
     seeds: list[str] = typer.Option(
         ["0..4"], "--seeds", help="Seeds: a range 0..4, a list 0,1,2, or repeated: --seeds 3 --seeds 7."
     ),
@@ -41,13 +43,15 @@ def repeat(
     """
     from rich.console import Console
 
+    from mlbseg.config import resolve_config_path
     from mlbseg.repeat import parse_list, parse_seeds
     from mlbseg.repeat import repeat as run_repeat
     from mlbseg.repeat.table import rich_table
 
     console = Console()
+    path = resolve_config_path(config, task if task in ("seg", "cls") else None)
     result = run_repeat(
-        config,
+        path,
         seeds=parse_seeds(seeds),
         noises=parse_list(noise, "--noise"),
         methods=parse_list(methods, "--methods"),
@@ -57,7 +61,7 @@ def repeat(
         task=task,
         console=console,
     )
-    console.print(rich_table(result.task, result.rows, f"{config.name}: mean ± std over seeds"))
+    console.print(rich_table(result.task, result.rows, f"{path.name}: mean ± std over seeds"))
     typer.echo(f"wrote {', '.join(str(path) for path in result.tables)}")
     if result.failed:
         typer.echo(

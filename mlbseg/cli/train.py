@@ -8,7 +8,9 @@ import typer
 
 
 def train(
-    config: Path = typer.Argument(..., help="Run config (YAML), e.g. configs/seg/promise12_mlbseg.yaml."),
+    config: Path = typer.Argument(
+        ..., help="Run config: a YAML file or a shipped name (`mlbseg configs`), e.g. promise12_mlbseg."
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override one key, e.g. --set data.noise=L1 (repeatable)."
     ),
@@ -21,10 +23,10 @@ def train(
     ),
 ) -> None:
     """Train UNet++ on noisy masks: baseline, l2rw or MLB-Seg (method.name)."""
-    from mlbseg.config import load_config
-    from mlbseg.seg.config import SegConfig
+    from mlbseg.config import load_config, resolve_config_path
+    from mlbseg.seg.config import SegConfig, with_absolute_paths
 
-    cfg = load_config(SegConfig, config, overrides)
+    cfg = with_absolute_paths(load_config(SegConfig, resolve_config_path(config, "seg"), overrides))
     from mlbseg.seg.trainer import train as run_training
 
     folder = run_training(cfg, run_dir, resume=resume, overwrite=overwrite)

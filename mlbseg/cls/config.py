@@ -1,6 +1,6 @@
 """The classification run config (``mlbseg classify train CONFIG``): schema, checks and dataset options.
 
-Defaults are neutral; the paper's recipes (docs/reference.md §1.1) live in ``configs/cls/*.yaml``. The
+Defaults are neutral; the paper's recipes (docs/reference.md §1.1) ship as ``mlbseg/configs/cls/*.yaml``. The
 ``data`` section names the dataset and only the builder options a YAML sets: a ``None`` key means "the
 builder's own default" (:func:`mlbseg.cls.datasets.build_datasets`), and a key the dataset does not take is an
 error (:func:`check_config`), so a Clothing1M option cannot be silently ignored on CIFAR.
@@ -8,12 +8,12 @@ error (:func:`check_config`), so a Clothing1M option cannot be silently ignored 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from mlbseg.cls.datasets import DATASETS, dataset_options
 from mlbseg.cls.models import ARCHS
-from mlbseg.config import check_range, choice
+from mlbseg.config import absolute_path, check_range, choice
 from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
 from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
@@ -112,6 +112,16 @@ class ClsConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def with_absolute_paths(cfg: ClsConfig) -> ClsConfig:
+    """``cfg`` with ``data.root`` and ``model.weights`` made absolute, relative to the working directory.
+
+    The run's saved config and checkpoints then name the same files from any folder (docs/design.md §4.6).
+    """
+    data = replace(cfg.data, root=absolute_path(cfg.data.root))
+    model = replace(cfg.model, weights=absolute_path(cfg.model.weights))
+    return replace(cfg, data=data, model=model)
 
 
 def dataset_kwargs(cfg: ClsConfig) -> dict[str, Any]:

@@ -60,7 +60,7 @@ class RepeatTask:
 
 
 def _seg_load(path: Path, overrides: Sequence[str]) -> Any:
-    return load_config(seg_config.SegConfig, path, overrides)
+    return seg_config.with_absolute_paths(load_config(seg_config.SegConfig, path, overrides))
 
 
 def _seg_check(cfg: Any) -> None:
@@ -91,7 +91,7 @@ def _seg_evaluate(run_dir: Path) -> Mapping[str, Any]:
 
 
 def _cls_load(path: Path, overrides: Sequence[str]) -> Any:
-    return load_config(cls_config.ClsConfig, path, overrides)
+    return cls_config.with_absolute_paths(load_config(cls_config.ClsConfig, path, overrides))
 
 
 def _cls_check(cfg: Any) -> None:
@@ -160,7 +160,7 @@ def get_task(name: str) -> RepeatTask:
 def detect_task(config: Path, requested: str = "auto") -> RepeatTask:
     """The task of ``config``: ``requested`` unless it is ``auto``.
 
-    ``auto`` picks classification for a config in a folder named ``cls`` (``configs/cls/…``) or whose
+    ``auto`` picks classification for a config in a folder named ``cls`` (``mlbseg/configs/cls/…``) or whose
     ``data`` section names a ``dataset`` (a key only classification configs have), segmentation otherwise.
     """
     if requested != "auto":

@@ -2,14 +2,14 @@
 
 Defaults are the paper's PROMISE12 settings (docs/reference.md §6.11): SGD lr 0.005, momentum 0.9, weight
 decay 5e-4, the 20/(epoch + 20) schedule, gradient clipping at 0.2, train batch 1 (five views), meta batch 2.
-YAML files in ``configs/seg/`` override them; ``--set key.sub=value`` overrides the YAML.
+The shipped YAML files in ``mlbseg/configs/seg/`` override them; ``--set key.sub=value`` overrides the YAML.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from mlbseg.config import check_range, choice
+from mlbseg.config import absolute_path, check_range, choice
 from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
 from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
@@ -166,6 +166,17 @@ class SegConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def with_absolute_paths(cfg: SegConfig) -> SegConfig:
+    """``cfg`` with ``data.prepared`` and ``model.encoder_weights`` made absolute (docs/design.md §4.2).
+
+    A relative path is taken relative to the working directory, as the user typed it, so the run's saved
+    config and checkpoints name the same files from any folder.
+    """
+    data = replace(cfg.data, prepared=absolute_path(cfg.data.prepared))
+    model = replace(cfg.model, encoder_weights=absolute_path(cfg.model.encoder_weights))
+    return replace(cfg, data=data, model=model)
 
 
 def check_config(cfg: SegConfig) -> None:

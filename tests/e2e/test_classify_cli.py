@@ -21,7 +21,7 @@ from mlbseg.cls.datasets import build_datasets
 from mlbseg.config import load_config
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "cls" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "cls" / "smoke.yaml"
 runner = CliRunner()
 
 

@@ -23,7 +23,7 @@ from mlbseg.cli import app
 from .processes import alive, descendants
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 TIMEOUT = 240
 runner = CliRunner()

@@ -25,7 +25,7 @@ from mlbseg.seg.inference import predict_probabilities
 from mlbseg.seg.weight_maps import weight_map_rows
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 runner = CliRunner()
 
 app = typer.Typer(pretty_exceptions_enable=False)

@@ -23,8 +23,8 @@ from mlbseg.engine.lock import run_lock
 from .processes import alive, children
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
-CLS_SMOKE = ROOT / "configs" / "cls" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
+CLS_SMOKE = ROOT / "mlbseg" / "configs" / "cls" / "smoke.yaml"
 runner = CliRunner()
 
 app = typer.Typer(pretty_exceptions_enable=False)

@@ -20,8 +20,8 @@ from mlbseg.cli import app
 from mlbseg.engine.lock import run_lock
 
 ROOT = Path(__file__).parents[2]
-SEG_SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
-CLS_SMOKE = ROOT / "configs" / "cls" / "smoke.yaml"
+SEG_SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
+CLS_SMOKE = ROOT / "mlbseg" / "configs" / "cls" / "smoke.yaml"
 runner = CliRunner()
 
 

@@ -17,7 +17,7 @@ from mlbseg.config import load_config
 from mlbseg.seg.config import SegConfig
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 runner = CliRunner()
 
 

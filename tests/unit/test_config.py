@@ -3,12 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from mlbseg.config import load_config
+from mlbseg.config import load_config, resolve_config_path, shipped_configs
 from mlbseg.engine.run_dir import save_config
 from mlbseg.errors import UserError
-from mlbseg.seg.config import SegConfig
+from mlbseg.seg.config import SegConfig, with_absolute_paths
 
-CONFIG_DIR = Path(__file__).parents[2] / "configs"
+CONFIG_DIR = Path(__file__).parents[2] / "mlbseg" / "configs"
 DEMO_CONFIG = Path(__file__).parents[2] / "mlbseg" / "demo.yaml"  # packaged: `mlbseg demo` reads it
 SEG_CONFIGS = [*sorted((CONFIG_DIR / "seg").rglob("*.yaml")), DEMO_CONFIG]
 
@@ -77,3 +77,58 @@ def test_save_then_load_round_trips(tmp_path):
     cfg = replace(load_config(SegConfig, None, ["method.name=l2rw", "model.encoder_weights=/w.pth"]))
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(SegConfig, tmp_path / "config.yaml") == cfg
+
+
+# --- shipped configs by name, absolute data paths ---------------------------------------------------------
+
+
+def test_shipped_configs_cover_both_tasks_with_summaries():
+    shipped = shipped_configs()
+    assert {(c.task, c.name) for c in shipped} >= {("seg", "promise12_mlbseg"), ("cls", "cifar10")}
+    assert all(c.path.is_file() and c.summary for c in shipped)
+    assert {c.task for c in shipped_configs("cls")} == {"cls"}
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "expected"),
+    [
+        ("promise12_mlbseg", "seg", "seg/promise12_mlbseg.yaml"),
+        ("cifar10", "cls", "cls/cifar10.yaml"),
+        ("cls/cifar10", None, "cls/cifar10.yaml"),
+        ("seg/smoke.yaml", None, "seg/smoke.yaml"),
+        ("smoke", "cls", "cls/smoke.yaml"),
+    ],
+)
+def test_resolve_config_path_finds_shipped_names(name, task, expected):
+    assert resolve_config_path(name, task) == CONFIG_DIR / expected
+
+
+def test_resolve_config_path_prefers_an_existing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("smoke").write_text("name: mine\n")
+    assert resolve_config_path("smoke", "seg") == Path("smoke")
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "message"),
+    [
+        ("nope", "seg", "shipped: promise12_baseline, promise12_mlbseg, smoke"),
+        ("cifar10", "seg", "no shipped segmentation config"),
+        ("smoke", None, "give seg/smoke or cls/smoke"),
+        ("configs/seg/smoke.yaml", "seg", "no such file"),
+    ],
+)
+def test_resolve_config_path_errors_name_the_shipped_configs(name, task, message):
+    with pytest.raises(UserError, match=message) as err:
+        resolve_config_path(name, task)
+    assert "\n" not in str(err.value)
+
+
+def test_with_absolute_paths_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(SegConfig, None, ["data.prepared=data/prepared", "model.encoder_weights=w.pt"])
+    absolute = with_absolute_paths(cfg)
+    assert absolute.data.prepared == str(tmp_path / "data" / "prepared")
+    assert absolute.model.encoder_weights == str(tmp_path / "w.pt")
+    assert with_absolute_paths(absolute) == absolute
+    assert with_absolute_paths(load_config(SegConfig, None)).model.encoder_weights is None

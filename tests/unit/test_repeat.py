@@ -22,7 +22,7 @@ from mlbseg.repeat.table import RunRecord, aggregate, csv_text, markdown
 from mlbseg.repeat.tasks import detect_task, get_task
 
 ROOT = Path(__file__).parents[2]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 SEG = get_task("seg")
 
 
@@ -169,7 +169,7 @@ def test_plan_rejects_bad_input(prepared, tmp_path, kwargs, message):
 
 def test_task_detection(tmp_path):
     assert detect_task(SMOKE).name == "seg"
-    assert detect_task(ROOT / "configs" / "cls" / "smoke.yaml").name == "cls"
+    assert detect_task(ROOT / "mlbseg" / "configs" / "cls" / "smoke.yaml").name == "cls"
     elsewhere = tmp_path / "mine.yaml"
     elsewhere.write_text("data:\n  dataset: cifar100\n")
     assert detect_task(elsewhere).name == "cls"

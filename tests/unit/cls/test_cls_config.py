@@ -6,13 +6,21 @@ import pytest
 from typer.testing import CliRunner
 
 from mlbseg.cli.classify import app
-from mlbseg.cls.config import ClsConfig, DataConfig, MethodConfig, TrainConfig, check_config, dataset_kwargs
+from mlbseg.cls.config import (
+    ClsConfig,
+    DataConfig,
+    MethodConfig,
+    TrainConfig,
+    check_config,
+    dataset_kwargs,
+    with_absolute_paths,
+)
 from mlbseg.cls.datasets import dataset_options
 from mlbseg.config import load_config
 from mlbseg.engine.run_dir import save_config
 from mlbseg.errors import UserError
 
-CONFIG_DIR = Path(__file__).parents[3] / "configs" / "cls"
+CONFIG_DIR = Path(__file__).parents[3] / "mlbseg" / "configs" / "cls"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
@@ -28,7 +36,7 @@ def test_every_shipped_config_validates_and_round_trips(path, tmp_path):
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(ClsConfig, tmp_path / "config.yaml") == cfg
     header = path.read_text().splitlines()[:6]
-    assert any("mlbseg classify train configs/cls/" in line for line in header), "header gives the command"
+    assert any(f"mlbseg classify train {path.stem} " in line for line in header), "header gives the command"
     assert any("--set" in line for line in header), "header gives an override example"
 
 
@@ -132,3 +140,9 @@ def test_cli_reports_config_mistakes_in_one_line(tmp_path, override, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_with_absolute_paths_resolves_root_and_weights_against_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = with_absolute_paths(load_config(ClsConfig, None, ["data.root=data/cifar10", "model.weights=w.pt"]))
+    assert (cfg.data.root, cfg.model.weights) == (str(tmp_path / "data" / "cifar10"), str(tmp_path / "w.pt"))

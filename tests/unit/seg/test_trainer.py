@@ -1,6 +1,6 @@
 """The segmentation task on the engine (mlbseg.seg.trainer): SegmentationRun, slice_stream and TASK.
 
-Runs are built from ``configs/seg/smoke.yaml`` on the tiny prepared dataset of ``_prepared`` (16×16 slices,
+Runs are built from the shipped ``smoke`` config on the tiny prepared dataset of ``_prepared`` (16×16 slices,
 5 train slices in 2 cases, 4 meta slices in 1 case) with the small model of ``_prepared.MODEL``, on the CPU.
 """
 
@@ -30,7 +30,7 @@ from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_st
 from ._prepared import MODEL, SIZE, num_slices, write_prepared
 
 ROOT = Path(__file__).parents[3]
-SMOKE = ROOT / "configs" / "seg" / "smoke.yaml"
+SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 TRAIN_SLICES = num_slices(0) + num_slices(1)  # Case00 and Case01
 # The train slices whose (noisy) label has foreground: every slice but each case's first.
 TRAIN_FOREGROUND = {1, 3, 4}
