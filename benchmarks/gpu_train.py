@@ -138,7 +138,7 @@ def worker(mode: str, args: argparse.Namespace) -> dict:
         "validation_seconds": validation,
         "seconds_per_epoch": per_step * steps_per_epoch + validation,
         "peak_mib": peak,
-        "device": str(run.device),
+        "device": str(next(run.model.parameters()).device),
     }
 
 
