@@ -33,6 +33,8 @@ from mlbseg.engine.signals import Interrupted
 from mlbseg.engine.trainer import Runtime, train
 from mlbseg.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("restore_determinism")
+
 ENGINE_KEYS = {"model", "optimizer", "scheduler", "epoch", "global_step", "world_size", "history", "config"}
 
 
@@ -154,24 +156,6 @@ class FakeTask:
             raise UserError(self.build_error)
         self.run = FakeRun(self, cfg, runtime)
         return self.run
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    """train() switches deterministic kernels on for the whole process; give the other tests theirs back."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    yield
-    if (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    ) != (
-        deterministic,
-        warn_only,
-    ):
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.backends.cudnn.benchmark = benchmark
 
 
 def read_rows(run_dir: Path) -> list[dict[str, str]]:

@@ -29,6 +29,8 @@ from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_st
 
 from ._prepared import MODEL, SIZE, num_slices, write_prepared
 
+pytestmark = pytest.mark.usefixtures("restore_determinism")
+
 ROOT = Path(__file__).parents[3]
 SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 TRAIN_SLICES = num_slices(0) + num_slices(1)  # Case00 and Case01
@@ -56,24 +58,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    """seed_everything switches deterministic kernels on for the whole process; restore them after."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    yield
-    if (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-    ) != (
-        deterministic,
-        warn_only,
-    ):
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.backends.cudnn.benchmark = benchmark
 
 
 def config(prepared: Path, *overrides: str) -> SegConfig:
