@@ -77,7 +77,7 @@ def convert_case(
     image, mask, geometry = read_case(source, options)
     slices, window = volume_to_slices(image, options.size)
     small_mask = resize_mask(mask, options.size)
-    save_npz(target, {"image": slices, "mask": small_mask, "mask_original": mask})
+    save_npz(target, {"image": slices[:, None], "mask": small_mask, "mask_original": mask})
     record = {
         "id": source.case_id,
         "num_slices": int(image.shape[0]),

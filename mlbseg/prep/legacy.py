@@ -59,18 +59,19 @@ def export_legacy(
         for case_id, case in manifest["cases"].items():
             arrays = load_case(prepared, case_id)
             np.save(
-                folder / "original_data" / f"{case_id}.npy", {"img": arrays["image"], "label": arrays["mask"]}
+                folder / "original_data" / f"{case_id}.npy",
+                {"img": arrays["image"][:, 0], "label": arrays["mask"]},
             )
             counts["original_data"] += 1
             if case["split"] == "train":
                 slices = {
-                    "img": arrays["image"],
+                    "img": arrays["image"][:, 0],
                     "label": arrays["mask"],
                     "noisy_label": arrays[f"noisy_{level}"],
                 }
                 counts["train"] += _save_slices(folder / "train", case_id, slices)
             elif case["split"] == "meta":
-                slices = {"img": arrays["image"], "label": arrays["mask"]}
+                slices = {"img": arrays["image"][:, 0], "label": arrays["mask"]}
                 counts["meta_train"] += _save_slices(folder / "meta_train", case_id, slices)
         split = manifest["split"]
         savemat(

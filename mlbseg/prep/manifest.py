@@ -1,18 +1,19 @@
 """The prepared dataset on disk (docs/design.md §2): ``manifest.json`` plus one ``cases/<id>.npz`` per case.
 
 ``manifest.json`` keys: ``format_version`` (:data:`FORMAT_VERSION`), ``mlbseg_version``, ``source`` (raw
-folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` (binary/merge),
-``channel``, ``layout`` (pairs/msd), ``split`` ({train, meta, test: sorted ids}), ``noise`` ({level:
+folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` ({name: value},
+values 0..K-1, background 0), ``label_mode`` (binary/merge), ``channels`` (the image channels stacked, in
+order), ``layout`` (pairs/msd), ``split`` ({train, meta, test: sorted ids}), ``noise`` ({level:
 {target, strength, mean_dice}}) and ``cases``: {id: {id, split, num_slices, original_shape (z, y, x),
 spacing (mm, z, y, x), origin (mm, x, y, z), direction (9 floats, row-major), intensity_window, source_files
 {image, mask} (relative to ``source``), and for train cases noisy_dice {L1, L2, L3}}} (geometry conventions:
 :mod:`mlbseg.prep.volumes`).
 
-``cases/<id>.npz`` (plain ``numpy.load``, no pickle): ``image`` float32 [S, size, size] in [0, 1]
-(:mod:`mlbseg.prep.normalize`), ``mask`` uint8 [S, size, size] 0/1, ``mask_original`` uint8 [S, H, W]
-0/1 (the reference at original resolution), and for train cases ``noisy_L1``, ``noisy_L2``,
-``noisy_L3`` uint8 [S, size, size] 0/1. Masks are deflated, images stored; zip timestamps are fixed, so the
-same input and seed give the same bytes.
+``cases/<id>.npz`` (plain ``numpy.load``, no pickle): ``image`` float32 [S, C, size, size] in [0, 1]
+(:mod:`mlbseg.prep.normalize`; C = len(channels)), ``mask`` uint8 [S, size, size] label values,
+``mask_original`` uint8 [S, H, W] (the reference at original resolution), and for train cases
+``noisy_L1``, ``noisy_L2``, ``noisy_L3`` uint8 [S, size, size] label values. Masks are deflated, images
+stored; zip timestamps are fixed, so the same input and seed give the same bytes.
 
 A case id names files (``cases/<id>.npz`` and the outputs of other commands), so every id read from a
 manifest or a split file must be a plain file name (:func:`check_case_id`): a damaged or hostile manifest
@@ -32,7 +33,7 @@ import numpy as np
 from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: ``image`` [S, C, h, w], ``labels`` {name: value}, ``channels``
 MANIFEST = "manifest.json"
 CASES = "cases"
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -94,6 +95,17 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 def load_case(prepared: str | Path, case_id: str) -> dict[str, np.ndarray]:
     """The arrays of one prepared case (``image``, ``mask``, ``mask_original``, ``noisy_L*`` for train)."""
     return load_npz(case_path(prepared, case_id))
+
+
+def label_names(manifest: Mapping[str, Any]) -> list[str]:
+    """The dataset's label names ordered by value (index k is label value k; 0 is the background).
+
+    Example:
+        >>> label_names({"labels": {"background": 0, "prostate": 1}})
+        ['background', 'prostate']
+    """
+    labels = manifest["labels"]
+    return sorted(labels, key=labels.__getitem__)
 
 
 def write_manifest(folder: str | Path, manifest: Mapping[str, Any]) -> None:

@@ -30,6 +30,7 @@ from mlbseg.prep.report import print_summary
 from mlbseg.prep.splits import SPLITS, make_split
 
 LABEL_MODES = ("auto", "binary", "merge")
+BINARY_LABELS = {"background": 0, "foreground": 1}
 MIN_SIZE = 16
 _STAGING = "staging"
 
@@ -117,8 +118,9 @@ def _settings(raw: Path, command: str, *, seed: int, size: int, options: Convert
         "seed": seed,
         "slice_size": size,
         "normalization": NORMALIZATION,
-        "labels": "merge" if options.merge_labels else "binary",
-        "channel": options.channel,
+        "labels": BINARY_LABELS,
+        "label_mode": "merge" if options.merge_labels else "binary",
+        "channels": [options.channel],
         "layout": layout,
     }
 

@@ -22,7 +22,7 @@ class SliceSet:
     """All slices of some cases, stacked.
 
     Attributes:
-        images: [N, 1, h, w] float32, intensity-normalised.
+        images: [N, C, h, w] float32, intensity-normalised (C: the prepared image channels).
         labels: [N, 1, h, w] uint8 0/1, the labels trained on (a noisy level, or the reference).
         reference: [N, 1, h, w] uint8 0/1, the clean reference (for monitoring only).
     """
@@ -45,7 +45,7 @@ class Volume:
 
     Attributes:
         case_id: e.g. ``Case05``.
-        images: [S, 1, h, w] float32 tensor on the device.
+        images: [S, C, h, w] float32 tensor on the device.
         mask_original: [S, H, W] uint8 numpy array, the untouched reference.
         spacing: (z, y, x) voxel spacing in mm.
     """
@@ -80,9 +80,10 @@ def load_slices(prepared: Path, split: str, label_key: str, device: torch.device
         reference.append(arrays["mask"])
 
     def stack(parts: list[np.ndarray], dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate(parts)).unsqueeze(1).to(device=device, dtype=dtype)
+        return torch.from_numpy(np.concatenate(parts)).to(device=device, dtype=dtype)
 
-    return SliceSet(stack(images, torch.float32), stack(labels, torch.uint8), stack(reference, torch.uint8))
+    masks = [stack(parts, torch.uint8).unsqueeze(1) for parts in (labels, reference)]
+    return SliceSet(stack(images, torch.float32), *masks)
 
 
 def load_volumes(prepared: Path, split: str, device: torch.device) -> list[Volume]:
@@ -92,6 +93,6 @@ def load_volumes(prepared: Path, split: str, device: torch.device) -> list[Volum
     for case_id in split_cases(prepared, split):
         arrays = load_case(prepared, case_id)
         spacing = tuple(float(s) for s in manifest["cases"][case_id]["spacing"])
-        images = torch.from_numpy(arrays["image"]).unsqueeze(1).to(device)
+        images = torch.from_numpy(arrays["image"]).to(device)
         volumes.append(Volume(case_id, images, arrays["mask_original"], spacing))  # type: ignore[arg-type]
     return volumes

@@ -93,7 +93,7 @@ def load_predictor(
             f"{folder / 'manifest.json'}: normalisation {manifest.get('normalization')!r} is not "
             f"{NORMALIZATION!r}, the only one this mlbseg applies; prepare the data again with this version"
         )
-    return Predictor(cfg, model, torch_device, int(manifest["slice_size"]), int(manifest.get("channel", 0)))
+    return Predictor(cfg, model, torch_device, int(manifest["slice_size"]), int(manifest["channels"][0]))
 
 
 def predict_file(predictor: Predictor, image_path: Path, out_path: Path, *, overwrite: bool = False) -> Path:
@@ -183,10 +183,10 @@ def case_layers(predictor: Predictor, prepared: Path, case_id: str, noisy_key: s
         raise UserError(
             f"{prepared / 'cases' / case_id}.npz: no '{noisy_key}'; noisy labels exist for train cases"
         )
-    images = torch.from_numpy(arrays["image"]).unsqueeze(1).to(predictor.device)
+    images = torch.from_numpy(arrays["image"]).to(predictor.device)
     probs = predict_probabilities(predictor.model, images).cpu().numpy()
     return {
-        "image": arrays["image"],
+        "image": arrays["image"][:, 0],
         "reference": arrays["mask"],
         "noisy": arrays[noisy_key] if noisy_key is not None else None,
         "prediction": (probs > THRESHOLD).astype(np.uint8),

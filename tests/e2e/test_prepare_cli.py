@@ -71,7 +71,7 @@ def test_synth_then_prepare(raw, tmp_path):
     assert sorted(p.name for p in (out / "cases").iterdir()) == [f"Case{i:02d}.npz" for i in range(6)]
     assert all(abs(entry["mean_dice"] - entry["target"]) <= 0.02 for entry in manifest["noise"].values())
     with np.load(out / "cases" / f"{manifest['split']['train'][0]}.npz") as arrays:
-        assert arrays["noisy_L2"].shape == arrays["image"].shape
+        assert arrays["noisy_L2"].shape == arrays["image"][:, 0].shape
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]  # no temporary folder left
 
 
@@ -170,7 +170,7 @@ def test_merge_accepts_other_labels_and_existing_output_needs_overwrite(raw, tmp
     assert {p.name: p.read_bytes() for p in (out / "cases").iterdir()} == before
     result = runner.invoke(app, ["prepare", str(raw), str(out), "--size", "16", "--overwrite", "--jobs", "2"])
     assert result.exit_code == 0, result.output
-    assert json.loads((out / "manifest.json").read_text())["labels"] == "binary"
+    assert json.loads((out / "manifest.json").read_text())["label_mode"] == "binary"
 
 
 def _workers(pid):

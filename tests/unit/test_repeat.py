@@ -30,7 +30,7 @@ SEG = get_task("seg")
 def prepared(tmp_path):
     folder = tmp_path / "prepared"
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"format_version": 1}))
+    (folder / "manifest.json").write_text(json.dumps({"format_version": 2}))
     return folder
 
 

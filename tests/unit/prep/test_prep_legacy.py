@@ -44,7 +44,7 @@ def test_export_writes_the_reference_layout(prepared, tmp_path):
     assert counts == {"original_data": 4, "train": 12, "meta_train": 6}
     volume = np.load(legacy / "original_data" / f"{train[0]}.npy", allow_pickle=True).item()
     arrays = load_case(prepared, train[0])
-    np.testing.assert_array_equal(volume["img"], arrays["image"])
+    np.testing.assert_array_equal(volume["img"], arrays["image"][:, 0])
     piece = np.load(legacy / "train" / f"{train[0]}_3.npy", allow_pickle=True).item()
     assert set(piece) == {"img", "label", "noisy_label"}
     assert piece["img"].shape == (16, 16)

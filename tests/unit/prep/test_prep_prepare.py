@@ -66,7 +66,7 @@ def test_case_arrays(prepared, phantoms):
         )
         assert set(arrays) == expected
         assert arrays["image"].dtype == np.float32
-        assert arrays["image"].shape == (num, 32, 32)
+        assert arrays["image"].shape == (num, 1, 32, 32)
         assert arrays["image"].min() >= 0
         assert arrays["image"].max() <= 1
         original, _ = read_volume(phantoms / f"{case_id}_segmentation.mhd")
@@ -135,7 +135,8 @@ def test_msd_layout_merges_zones_and_selects_the_channel(tmp_path):
     _write_msd(tmp_path / "Task05")
     manifest = prepare_dataset(tmp_path / "Task05", tmp_path / "p", size=16)
     assert manifest["layout"] == "msd"
-    assert manifest["labels"] == "merge"
+    assert manifest["label_mode"] == "merge"
+    assert manifest["labels"] == {"background": 0, "foreground": 1}
     case = manifest["cases"]["prostate_01"]
     assert case["original_shape"] == [5, 20, 24]
     assert case["spacing"] == pytest.approx([3.6, 0.6, 0.6])

@@ -66,7 +66,7 @@ def case_arrays(index: int, split: str, size: int = SIZE) -> dict[str, np.ndarra
         original[k] = _square(ORIGINAL_HW, half + 1)
     noise = np.random.default_rng(index).random((slices, size, size))
     arrays = {
-        "image": (0.25 * noise + 0.5 * mask).astype(np.float32),
+        "image": (0.25 * noise + 0.5 * mask).astype(np.float32)[:, None],
         "mask": mask,
         "mask_original": original,
     }
@@ -103,6 +103,8 @@ def write_prepared(
         "format_version": FORMAT_VERSION,
         "seed": 0,
         "slice_size": size,
+        "labels": {"background": 0, "foreground": 1},
+        "channels": [0],
         "split": {name: list(ids) for name, ids in splits.items()},
         "cases": records,
     }

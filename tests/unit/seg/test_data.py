@@ -23,7 +23,9 @@ def prepared(tmp_path):
 
 
 def _stacked(arrays, ids, key):
-    return np.concatenate([arrays[case_id][key] for case_id in ids])[:, None]
+    """The cases' arrays stacked along the slices, [N, 1, h, w] (images are stored [S, 1, h, w] already)."""
+    stacked = np.concatenate([arrays[case_id][key] for case_id in ids])
+    return stacked if key == "image" else stacked[:, None]
 
 
 @pytest.mark.parametrize("label_key", ["noisy_L1", "noisy_L3", "mask"])
@@ -46,7 +48,7 @@ def test_each_split_loads_only_its_own_cases(prepared):
     meta = load_slices(folder, "meta", "mask", CPU)
     test = load_slices(folder, "test", "mask", CPU)
     assert (len(meta), len(test)) == (4, 2)
-    np.testing.assert_array_equal(meta.images.numpy(), arrays["Case02"]["image"][:, None])
+    np.testing.assert_array_equal(meta.images.numpy(), arrays["Case02"]["image"])
     np.testing.assert_array_equal(test.labels.numpy(), arrays["Case03"]["mask"][:, None])
 
 
@@ -91,7 +93,7 @@ def test_batch_picks_the_indexed_slices_as_float_0_1(prepared):
     assert images.dtype == labels.dtype == reference.dtype == torch.float32
     expected_labels = np.stack([arrays["Case01"]["noisy_L1"][2], *[arrays["Case00"]["noisy_L1"][1]] * 2])
     np.testing.assert_array_equal(labels[:, 0].numpy(), expected_labels.astype(np.float32))
-    np.testing.assert_array_equal(images[0, 0].numpy(), arrays["Case01"]["image"][2])
+    np.testing.assert_array_equal(images[0, 0].numpy(), arrays["Case01"]["image"][2, 0])
     np.testing.assert_array_equal(reference[1, 0].numpy(), arrays["Case00"]["mask"][1].astype(np.float32))
     assert set(labels.unique().tolist()) == {0.0, 1.0}
     assert labels.data_ptr() != slices.labels.data_ptr()  # the uint8 store itself is untouched
@@ -112,7 +114,7 @@ def test_volumes_keep_the_original_reference_and_spacing(prepared):
     assert volume.images.shape == (2, 1, SIZE, SIZE)
     assert volume.images.dtype == torch.float32
     assert volume.images.device == CPU
-    np.testing.assert_array_equal(volume.images[:, 0].numpy(), arrays["Case03"]["image"])
+    np.testing.assert_array_equal(volume.images.numpy(), arrays["Case03"]["image"])
     assert volume.mask_original.shape == (2, *ORIGINAL_HW)
     assert volume.mask_original.dtype == np.uint8
     np.testing.assert_array_equal(volume.mask_original, arrays["Case03"]["mask_original"])
