@@ -16,6 +16,21 @@ import torch
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import load_case, load_manifest
 
+# The manifest entries a trained model needs to segment new volumes, stored in its checkpoints (``data``).
+DATA_RECORD_KEYS = ("slice_size", "normalization", "channels", "labels", "label_mode")
+
+
+def data_record(manifest: dict) -> dict:
+    """What a checkpoint keeps of the prepared manifest so that ``predict`` needs no prepared folder.
+
+    Example:
+        >>> manifest = {"slice_size": 144, "normalization": "n", "channels": [0], "seed": 3,
+        ...             "labels": {"background": 0, "foreground": 1}, "label_mode": "binary"}
+        >>> sorted(data_record(manifest))
+        ['channels', 'label_mode', 'labels', 'normalization', 'slice_size']
+    """
+    return {key: manifest[key] for key in DATA_RECORD_KEYS if key in manifest}
+
 
 @dataclass(frozen=True)
 class SliceSet:

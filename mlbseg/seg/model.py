@@ -27,6 +27,20 @@ if TYPE_CHECKING:  # the config module imports this one for the registry's names
 ARCHITECTURES: dict[str, str] = {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}
 
 
+def output_channels(num_labels: int) -> int:
+    """Logit maps of a model for ``num_labels`` labels (background included): 1 for binary, else K.
+
+    Binary data keeps the paper's single foreground logit with BCE; K > 2 labels get K logits and softmax CE.
+
+    Example:
+        >>> output_channels(2), output_channels(3)
+        (1, 3)
+    """
+    if num_labels < 2:
+        raise ValueError(f"a segmentation needs at least 2 labels (background included), got {num_labels}")
+    return 1 if num_labels == 2 else num_labels
+
+
 def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.Module:
     """Build an smp encoder-decoder that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
 
