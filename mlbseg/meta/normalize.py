@@ -19,8 +19,9 @@ name                   what it does                                             
 ``sigmoid_sum``        sigmoid of scores / T, divided by the sum over the whole call       ``sigmoid``
 =====================  ==================================================================  ==============
 
-The alias ``softmax`` depends on the loss: ``ce`` (classification) resolves to ``softmax_over_batch``,
-``bce`` (segmentation) to ``softmax_per_sample``. The reference's segmentation ``softmax`` has no
+The alias ``softmax`` depends on the costs' layout: per-sample costs (classification ``ce``) resolve to
+``softmax_over_batch``, per-pixel costs (segmentation: ``bce``, or ``ce`` on ``[N, C, H, W]`` logits) to
+``softmax_per_sample``. The reference's segmentation ``softmax`` has no
 temperature, which is ``temperature=1.0`` here; its un-normalised segmentation ``sigmoid`` and its
 ``hard_weight`` are not offered (docs/reference.md §7 item 7).
 """
@@ -180,13 +181,16 @@ ALIASES: dict[str, str] = {"org": "clamp_sum", "sigmoid": "sigmoid_sum"}
 SOFTMAX_BY_LOSS: dict[str, str] = {"ce": "softmax_over_batch", "bce": "softmax_per_sample"}
 
 
-def resolve_normalizer_name(name: str, loss: str | None = None) -> str:
+def resolve_normalizer_name(name: str, loss: str | None = None, *, per_pixel: bool | None = None) -> str:
     """The canonical normaliser name for ``name``, resolving the reference's aliases.
 
     Args:
         name: A name from :data:`NORMALIZERS`, or an alias: ``org``, ``sigmoid``, or ``softmax`` (which
-            needs ``loss``: ``ce`` -> ``softmax_over_batch``, ``bce`` -> ``softmax_per_sample``).
-        loss: The cost the weights apply to, ``"bce"`` or ``"ce"``; only ``softmax`` needs it.
+            needs ``per_pixel`` or ``loss``: per-pixel costs -> ``softmax_per_sample``, per-sample costs ->
+            ``softmax_over_batch``).
+        loss: The cost the weights apply to, ``"bce"`` or ``"ce"``; with ``per_pixel`` None it stands for its
+            usual layout (``bce`` per pixel, ``ce`` per sample). Only ``softmax`` needs it.
+        per_pixel: Whether the costs are per pixel (segmentation, also ``ce`` on ``[N, C, H, W]`` logits).
 
     Returns:
         A key of :data:`NORMALIZERS`.
@@ -199,7 +203,11 @@ def resolve_normalizer_name(name: str, loss: str | None = None) -> str:
         'clamp_sum'
         >>> resolve_normalizer_name("softmax", loss="bce")
         'softmax_per_sample'
+        >>> resolve_normalizer_name("softmax", loss="ce", per_pixel=True)
+        'softmax_per_sample'
     """
+    if name == "softmax" and per_pixel is not None:
+        return SOFTMAX_BY_LOSS["bce" if per_pixel else "ce"]
     if name == "softmax":
         if loss not in SOFTMAX_BY_LOSS:
             raise ValueError(
@@ -215,7 +223,7 @@ def resolve_normalizer_name(name: str, loss: str | None = None) -> str:
     return canonical
 
 
-def get_normalizer(name: str, loss: str | None = None) -> Normalizer:
+def get_normalizer(name: str, loss: str | None = None, *, per_pixel: bool | None = None) -> Normalizer:
     """The normaliser called ``name`` (canonical name or reference alias, see the module docstring).
 
     Example:
@@ -223,4 +231,4 @@ def get_normalizer(name: str, loss: str | None = None) -> Normalizer:
         >>> get_normalizer("org")(torch.tensor([1.0, 3.0]))
         tensor([0.2500, 0.7500])
     """
-    return NORMALIZERS[resolve_normalizer_name(name, loss)]
+    return NORMALIZERS[resolve_normalizer_name(name, loss, per_pixel=per_pixel)]

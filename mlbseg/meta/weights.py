@@ -82,19 +82,22 @@ def bootstrap_weights(
             first step without extra loss or coupled decay: the scores of SGD with the same lr).
         inputs: Training batch ``[N, ...]``.
         noisy_targets: Given labels: ``bce`` float 0/1 ``[N, 1, H, W]``; ``ce`` class indices ``[N]``
-            (int64) or soft targets ``[N, C]`` (floating point, rows summing to 1), chosen by dtype and shape.
+            (int64) or soft targets ``[N, C]`` (floating point, rows summing to 1), chosen by dtype and shape;
+            per pixel for segmentation with K classes, indices ``[N, H, W]`` or soft ``[N, C, H, W]``.
             Soft targets give the cost ``−Σ_c t_c·log softmax(z)_c``, e.g. mixup's
             ``t = λ·onehot(y) + (1−λ)·onehot(y[π])`` for ``λ·CE(y) + (1−λ)·CE(y[π])``.
-        pseudo_targets: Pseudo-labels (detached): ``bce`` shaped like ``noisy_targets``; ``ce`` class
-            indices ``[N]`` (or soft ``[N, C]``). ``None`` for L2RW (α only).
+        pseudo_targets: Pseudo-labels (detached), in a form of ``noisy_targets`` of the same shape: ``bce``
+            like ``noisy_targets``; ``ce`` class indices ``[N]`` / ``[N, H, W]`` (or soft ``[N, C]`` /
+            ``[N, C, H, W]``). ``None`` for L2RW (α only).
         meta_inputs: Clean meta batch ``[M, ...]``.
-        meta_targets: Its labels: ``bce`` float 0/1 ``[M, 1, H, W]``; ``ce`` class indices ``[M]``.
+        meta_targets: Its labels: ``bce`` float 0/1 ``[M, 1, H, W]``; ``ce`` class indices ``[M]`` (per pixel
+            ``[M, H, W]``).
         loss: ``"bce"`` (logits ``[N, 1, H, W]``, per-pixel BCE-with-logits) or ``"ce"`` (logits ``[N, C]``,
-            per-sample cross-entropy).
+            per-sample cross-entropy; logits ``[N, C, H, W]``, per-pixel softmax cross-entropy).
         method: ``"forward"`` (exact first-order form: one backward and one forward-mode JVP) or
             ``"lookahead"`` (the reference's second-order differentiation through the virtual step).
         normalize: A normaliser name or reference alias (``org`` = ``clamp_sum``; ``softmax`` means
-            ``softmax_over_batch`` for ``ce`` and ``softmax_per_sample`` for ``bce``).
+            ``softmax_per_sample`` for per-pixel costs and ``softmax_over_batch`` for per-sample costs).
         temperature: Divides the scores before a softmax or sigmoid normaliser.
         extra_loss: Optional ``logits -> scalar`` for non-weighted terms on the training logits (MLB-Seg's
             multi-view and EMA consistency); its gradient enters the virtual step and so shifts θ̂.
@@ -108,9 +111,9 @@ def bootstrap_weights(
 
     Returns:
         ``(alpha, beta)``, detached, non-negative, each shaped like the per-element costs
-        (``[N, 1, H, W]`` or ``[N]``). ``beta`` is ``None`` when ``pseudo_targets`` is. With ``org`` all
-        entries of both together sum to 1 (all zero when no score is positive); ``distributed``: all entries
-        of all processes together.
+        (``[N, 1, H, W]``, ``[N]``, or ``[N, H, W]`` for per-pixel ``ce``). ``beta`` is ``None`` when
+        ``pseudo_targets`` is. With ``org`` all entries of both together sum to 1 (all zero when no score
+        is positive); ``distributed``: all entries of all processes together.
 
     Raises:
         ValueError: Unknown loss, method or normaliser (listing the choices), mismatched target shapes,
@@ -119,7 +122,7 @@ def bootstrap_weights(
     """
     costs = get_costs(loss)
     score = get_scorer(method)
-    normalizer = get_normalizer(normalize, loss)
+    normalizer = get_normalizer(normalize, loss, per_pixel=_per_pixel(loss, noisy_targets))
     targets = (noisy_targets,) if pseudo_targets is None else (noisy_targets, pseudo_targets)
     problem = MetaProblem(
         model,
@@ -140,6 +143,11 @@ def bootstrap_weights(
         }
     weights = normalizer(score(problem), temperature=temperature, **reductions)  # [N, S, ...]
     return weights[:, 0], None if pseudo_targets is None else weights[:, 1]
+
+
+def _per_pixel(loss: str, targets: Tensor) -> bool:
+    """Whether the costs of ``targets`` are per pixel: ``bce``, or ``ce`` on [N, H, W] / [N, C, H, W]."""
+    return loss == "bce" or targets.dim() > (2 if targets.is_floating_point() else 1)
 
 
 def _all_reduce(partial: Tensor, op: dist.ReduceOp.RedOpType, group: dist.ProcessGroup | None) -> Tensor:

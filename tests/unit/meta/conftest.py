@@ -34,15 +34,15 @@ def make_optimizer(setting: str, params) -> torch.optim.Optimizer:
 
 
 class TinySegNet(nn.Module):
-    """Two-level BN conv net: [N, 1, H, W] -> logits [N, 1, H, W] (H, W even)."""
+    """Two-level BN conv net: [N, 1, H, W] -> logits [N, classes, H, W] (H, W even)."""
 
-    def __init__(self, width: int = 4) -> None:
+    def __init__(self, width: int = 4, classes: int = 1) -> None:
         super().__init__()
         self.enc = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU())
         self.down = nn.Sequential(
             nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()
         )
-        self.head = nn.Conv2d(2 * width, 1, 1)
+        self.head = nn.Conv2d(2 * width, classes, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         skip = self.enc(x)
@@ -103,16 +103,23 @@ class Case:
         )
 
 
+SEG_CE_CLASSES = 3  # "seg_ce": K = 3 labels, per-pixel softmax cross-entropy
+LOSSES = {"seg": "bce", "unetpp": "bce", "cls": "ce", "seg_ce": "ce"}
+
+
 def _batch(kind: str, n: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Float64 images [n, 1, size, size] and targets: class indices [n] or 0/1 masks [n, 1, size, size]."""
+    """Float64 images [n, 1, size, size] and targets: class indices [n] ("cls") or [n, size, size]
+    ("seg_ce"), or 0/1 masks [n, 1, size, size]."""
     images = torch.randn(n, 1, size, size, generator=generator, dtype=torch.float64)
     if kind == "cls":
         return images, torch.randint(0, 4, (n,), generator=generator)
+    if kind == "seg_ce":
+        return images, torch.randint(0, SEG_CE_CLASSES, (n, size, size), generator=generator)
     return images, (torch.rand(n, 1, size, size, generator=generator) > 0.5).double()
 
 
 def _mean_cost(kind: str, logits: Tensor, targets: Tensor) -> Tensor:
-    if kind == "cls":
+    if LOSSES[kind] == "ce":
         return F.cross_entropy(logits, targets)
     return F.binary_cross_entropy_with_logits(logits, targets)
 
@@ -120,17 +127,24 @@ def _mean_cost(kind: str, logits: Tensor, targets: Tensor) -> Tensor:
 def make_case(
     kind: str, setting: str = "momentum_wd", *, steps: int = 3, seed: int = 0, device: str = "cpu"
 ) -> Case:
-    """Build ``kind`` ("seg", "cls", "unetpp") in float64 on ``device``, then take ``steps`` real steps."""
+    """Build ``kind`` ("seg", "cls", "unetpp", "seg_ce") in float64 on ``device``, then take ``steps`` real
+    steps."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)  # data drawn on the CPU: the same on every device
-    data_kind = "cls" if kind == "cls" else "seg"
-    size = {"seg": 16, "cls": 8, "unetpp": 32}[kind]
+    data_kind = "seg" if kind == "unetpp" else kind
+    size = {"seg": 16, "cls": 8, "unetpp": 32, "seg_ce": 16}[kind]
 
     def batch(n: int) -> tuple[Tensor, Tensor]:
         images, targets = _batch(data_kind, n, size, generator)
         return images.to(device), targets.to(device)
 
-    model = {"seg": TinySegNet, "cls": TinyClsNet, "unetpp": tiny_unetpp}[kind]().double().to(device).train()
+    networks = {
+        "seg": TinySegNet,
+        "cls": TinyClsNet,
+        "unetpp": tiny_unetpp,
+        "seg_ce": lambda: TinySegNet(classes=SEG_CE_CLASSES),
+    }
+    model = networks[kind]().double().to(device).train()
     optimizer = make_optimizer(setting, model.parameters())
     for _ in range(steps):
         images, targets = batch(4)
@@ -141,8 +155,8 @@ def make_case(
     meta_inputs, meta_targets = batch(4)
     with torch.no_grad():
         logits = model(inputs)
-    pseudo = logits.argmax(dim=1) if data_kind == "cls" else (logits > 0).double()
-    loss = "ce" if data_kind == "cls" else "bce"
+    loss = LOSSES[kind]
+    pseudo = logits.argmax(dim=1) if loss == "ce" else (logits > 0).double()
     return Case(model, optimizer, inputs, noisy, pseudo, meta_inputs, meta_targets, loss)
 
 

@@ -161,7 +161,7 @@ def test_adam_sensitivity_is_the_derivative_of_the_update(setting, steps, with_b
 @pytest.mark.parametrize("extra", [False, True], ids=["no_extra", "extra"])
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("setting", ["adam_wd", "adamw"])
-@pytest.mark.parametrize("kind", ["seg", "cls"])
+@pytest.mark.parametrize("kind", ["seg", "cls", "seg_ce"])
 def test_methods_agree_and_match_finite_differences_of_the_real_step(
     case_factory, kind, setting, steps, extra
 ):

@@ -37,7 +37,7 @@ def both_scores(case, extra_loss=None, with_pseudo=True):
     return forward_scores(problem), lookahead_scores(problem)
 
 
-@pytest.mark.parametrize("kind", ["seg", "cls", "unetpp"])
+@pytest.mark.parametrize("kind", ["seg", "cls", "unetpp", "seg_ce"])
 def test_methods_agree_after_real_steps(case_factory, kind, sgd_setting):
     case = case_factory(kind, sgd_setting, steps=3)
     forward, lookahead = both_scores(case)

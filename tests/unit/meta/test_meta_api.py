@@ -24,7 +24,7 @@ def test_public_names():
 
 
 @pytest.mark.parametrize("normalize", ["softmax", "softmax_over_batch", "sigmoid_sum"])
-@pytest.mark.parametrize("kind", ["seg", "cls"])
+@pytest.mark.parametrize("kind", ["seg", "cls", "seg_ce"])
 def test_every_normaliser_gives_non_negative_weights_shaped_like_the_costs(case_factory, kind, normalize):
     case = case_factory(kind, "momentum_wd", steps=1)
     alpha, beta = bootstrap_weights(*case.call_args(), loss=case.loss, normalize=normalize, temperature=0.5)
@@ -32,10 +32,27 @@ def test_every_normaliser_gives_non_negative_weights_shaped_like_the_costs(case_
     assert (alpha >= 0).all()
     assert (beta >= 0).all()
     total = (alpha + beta).reshape(len(alpha), -1).sum(dim=1)
-    if normalize == "softmax" and kind == "seg":  # per view: each view's two maps sum to 1
+    if normalize == "softmax" and kind != "cls":  # per-pixel costs: each view's two maps sum to 1
         torch.testing.assert_close(total, torch.ones_like(total))
     else:
         torch.testing.assert_close(total.sum(), torch.tensor(1.0, dtype=total.dtype))
+
+
+def test_per_pixel_cross_entropy_weights_one_entry_per_pixel(case_factory):
+    """K-class segmentation: logits [N, C, H, W], indices [N, H, W] -> α, β [N, H, W], like its costs."""
+    case = case_factory("seg_ce", "momentum_wd", steps=1)
+    assert case.noisy.shape == (6, 16, 16)
+    assert case.noisy.dtype == torch.int64
+    alpha, beta = bootstrap_weights(*case.call_args(), loss="ce")
+    assert alpha.shape == beta.shape == (6, 16, 16)
+    torch.testing.assert_close(alpha.sum() + beta.sum(), torch.tensor(1.0, dtype=torch.float64))
+    one_hot = torch.nn.functional.one_hot(case.noisy, 3).permute(0, 3, 1, 2).double()  # soft form, same costs
+    pseudo = torch.nn.functional.one_hot(case.pseudo, 3).permute(0, 3, 1, 2).double()
+    args = list(case.call_args())
+    args[3:5] = one_hot, pseudo
+    alpha_soft, beta_soft = bootstrap_weights(*args, loss="ce")
+    torch.testing.assert_close(alpha_soft, alpha, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(beta_soft, beta, rtol=1e-10, atol=1e-14)
 
 
 def test_unknown_names_list_the_choices(case_factory):

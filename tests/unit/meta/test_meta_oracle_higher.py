@@ -46,8 +46,17 @@ def consistency(logits: torch.Tensor) -> torch.Tensor:
     return (probs - probs.flip(-1)).pow(2).mean()
 
 
+def softmax_consistency(logits: torch.Tensor) -> torch.Tensor:
+    """A K-class segmentation's consistency term: MSE of the softmax maps and their mirror image."""
+    probs = logits.softmax(dim=1)
+    return (probs - probs.flip(-1)).pow(2).mean()
+
+
 @pytest.mark.parametrize("method", ["forward", "lookahead"])
-@pytest.mark.parametrize(("kind", "extra_loss"), [("seg", None), ("seg", consistency), ("cls", None)])
+@pytest.mark.parametrize(
+    ("kind", "extra_loss"),
+    [("seg", None), ("seg", consistency), ("cls", None), ("seg_ce", None), ("seg_ce", softmax_consistency)],
+)
 def test_weights_match_higher_in_the_reference_setting(case_factory, kind, extra_loss, method):
     case = case_factory(kind, "momentum_wd", steps=3)  # SGD momentum 0.9, wd 5e-4, live buffers
     assert all("momentum_buffer" in state for state in case.optimizer.state.values())
