@@ -42,13 +42,13 @@ def print_json(record: dict) -> None:
     print(json.dumps(record, sort_keys=True))
 
 
-def update_section(name: str, title: str, body: str) -> None:
-    """Replace (or append) the section ``name`` of docs/performance.md with ``body`` under ``title``."""
+def update_section(name: str, title: str, body: str, path: Path = PERFORMANCE_MD) -> None:
+    """Replace (or append) the section ``name`` of ``path`` (default docs/performance.md) with ``body``."""
     today = datetime.date.today().isoformat()
     block = f"<!-- bench:{name} -->\n## {title}\n\n_{today}, {machine()}_\n\n{body.strip()}\n"
     block += f"<!-- /bench:{name} -->"
-    text = PERFORMANCE_MD.read_text() if PERFORMANCE_MD.exists() else HEADER
+    text = path.read_text() if path.exists() else HEADER
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.DOTALL)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else f"{text.rstrip()}\n\n{block}\n"
-    PERFORMANCE_MD.parent.mkdir(parents=True, exist_ok=True)
-    PERFORMANCE_MD.write_text(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)

@@ -88,6 +88,7 @@ def build_run(mode: str, args: argparse.Namespace):
     from mlbseg.seg.trainer import SegmentationRun
 
     config, overrides = MODES[mode]
+    config = getattr(args, "config", None) or config
     cfg = load_config(
         SegConfig, resolve_config_path(config, "seg"), [f"data.prepared={args.data}", *overrides, *args.set]
     )
@@ -146,6 +147,7 @@ def run_worker(mode: str, args: argparse.Namespace) -> dict:
     """Run ``--worker mode`` in a fresh Python process and return its JSON record."""
     command = [sys.executable, __file__, "--worker", mode, "--data", str(args.data)]
     command += ["--epochs-fraction", str(args.epochs_fraction), "--warmup", str(args.warmup)]
+    command += ["--config", args.config] if args.config else []
     command += [item for override in args.set for item in ("--set", override)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -204,6 +206,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before timing")
     parser.add_argument("--data", type=Path, help="folder for the phantom data (kept; reused if prepared)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--config", help="train this config (path or shipped name) instead of each mode's")
     parser.add_argument("--allow-cpu", action="store_true", help="run without CUDA (a smoke check)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     parser.add_argument("--worker", choices=sorted(MODES), help=argparse.SUPPRESS)
