@@ -28,8 +28,10 @@ def write_overlays(
     """Figure-5 overlays of prepared cases at the prepared size, one PNG per case.
 
     Test cases show the reference (red) and the prediction (cyan); train cases add the run's noisy label
-    (yellow), as in the paper's Figure 5. Default cases: the first three of ``split``; default slices:
-    :func:`~mlbseg.figures.overlay.default_slices`; default files: ``RUN_DIR/figures/overlay_<case>.png``.
+    (yellow), as in the paper's Figure 5. With K > 2 labels each class has its colour and each layer its
+    line style (:func:`~mlbseg.figures.overlay.draw_overlay`). Default cases: the first three of ``split``;
+    default slices: :func:`~mlbseg.figures.overlay.default_slices`; default files:
+    ``RUN_DIR/figures/overlay_<case>.png``.
 
     Raises:
         UserError: Unknown split or case, ``out`` with several cases, a slice out of range, an existing PNG
@@ -54,7 +56,7 @@ def write_overlays(
     noisy_key = f"noisy_{noise}" if split == "train" and noise != "clean" else None
     for case, target in zip(chosen, targets, strict=True):
         layers = case_layers(predictor, prepared, case, noisy_key)
-        shown = slices or default_slices(layers["reference"])
+        shown = slices or default_slices(layers["reference"] > 0)
         bad = [k for k in shown if not 0 <= k < len(layers["image"])]
         if bad:
             raise UserError(f"--slices: {bad} out of range for {case} (slices 0..{len(layers['image']) - 1})")
@@ -68,5 +70,6 @@ def write_overlays(
             slices=shown,
             titles=titles,
             overwrite=overwrite,
+            class_names=predictor.labels[1:],
         )
     return targets

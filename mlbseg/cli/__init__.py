@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mlbseg import __version__
-from mlbseg.cli import classify, configs, data, demo, evaluate, figure, predict, repeat, train
+from mlbseg.cli import classify, configs, data, demo, evaluate, export, figure, predict, repeat, train
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
@@ -52,6 +52,7 @@ for _command in (
     app.command()(reports_user_errors(_command))
 app.add_typer(classify.app, name="classify")
 app.add_typer(figure.app, name="figure")
+app.add_typer(export.app, name="export")
 
 
 def main() -> None:

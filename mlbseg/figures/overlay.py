@@ -1,9 +1,12 @@
 """Figure-5-style overlays: grey MR slices with contours of the reference, the noisy label and a prediction.
 
 Colours follow the paper's Figure 5 (reference red, noisy label yellow) plus cyan for a model's prediction.
-Masks are drawn as contours (marching squares at level 0.5, ``skimage.measure.find_contours``), never as
-filled areas, so the anatomy stays visible. Row 0 of an array is the top of its panel (``origin="upper"``),
-as in the (z, y, x) arrays of mlbseg and in radiological viewers of SimpleITK-read volumes.
+With more than one foreground class (K > 2 labels, ``class_names``) the colour names the class instead
+(:data:`CLASS_COLORS`, a legend entry per label name) and the line style the layer (reference solid, noisy
+label dashed, prediction dotted). Masks are drawn as contours (marching squares at level 0.5,
+``skimage.measure.find_contours``, of each class's mask), never as filled areas, so the anatomy stays
+visible. Row 0 of an array is the top of its panel (``origin="upper"``), as in the (z, y, x) arrays of
+mlbseg and in radiological viewers of SimpleITK-read volumes.
 """
 
 from __future__ import annotations
@@ -24,9 +27,14 @@ from mlbseg.figures import DPI, new_figure, save_png
 REFERENCE_COLOR = "#ff0000"
 NOISY_COLOR = "#ffff00"
 PREDICTION_COLOR = "#00ffff"
+LAYER_COLORS = {"Reference": REFERENCE_COLOR, "Noisy label": NOISY_COLOR, "Prediction": PREDICTION_COLOR}
 # Nested widths (points): where masks coincide, the thinner contour drawn later leaves the wider one visible.
 LINE_WIDTHS = {"Reference": 2.5, "Noisy label": 1.5, "Prediction": 0.8}
 LEGEND_INCHES = 0.8  # room below and above the panels for the legend and two-line titles
+# K > 2 labels: a colour per foreground class (label k: entry k - 1, cycling), a line style per layer.
+CLASS_COLORS = ("#ff0000", "#00ffff", "#ffff00", "#00ff00", "#ff00ff", "#ff8000", "#4080ff", "#ffffff")
+LINE_STYLES = {"Reference": "solid", "Noisy label": (0, (4, 2)), "Prediction": (0, (1, 1))}
+LAYER_KEY_COLOR = "#808080"  # the layer entries of a per-class legend
 
 
 def default_slices(reference: np.ndarray, count: int = 3) -> list[int]:
@@ -84,18 +92,64 @@ def _slices_and_titles(
     return list(zip(shown, names, strict=True))
 
 
-def _draw_panel(ax: Axes, image: np.ndarray, layers: list[tuple[str, np.ndarray, str]], title: str) -> None:
+def _draw_panel(
+    ax: Axes, image: np.ndarray, contours: list[tuple[str, np.ndarray, str, object]], title: str
+) -> None:
+    """One slice: ``contours`` are (layer label, binary [H, W] mask, colour, line style)."""
     low, high = np.percentile(image, (1, 99))
     ax.imshow(image, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), origin="upper")
-    for label, mask, color in layers:
+    for label, mask, color, style in contours:
+        segments = _contour_segments(mask)
         ax.add_collection(
-            LineCollection(_contour_segments(mask), colors=color, linewidths=LINE_WIDTHS[label], label=label)
+            LineCollection(
+                segments, colors=color, linewidths=LINE_WIDTHS[label], linestyles=style, label=label
+            )
         )
     height, width = image.shape
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)  # row 0 at the top
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
+
+
+def _slice_dice(prediction: np.ndarray, reference: np.ndarray, values: Sequence[int]) -> float:
+    """2-D Dice of one slice [H, W]: of the foreground (binary), else the mean over the classes ``values``."""
+    if len(values) == 1:
+        return volume_dice(prediction[None], reference[None])
+    return float(np.mean([volume_dice(prediction[None] == k, reference[None] == k) for k in values]))
+
+
+def _contours(
+    layers: list[tuple[str, np.ndarray]], k: int, values: Sequence[int]
+) -> list[tuple[str, np.ndarray, str, object]]:
+    """Contours of slice ``k``: per layer its colour (binary), or per layer and class the class colour."""
+    if len(values) == 1:
+        return [(label, mask[k], LAYER_COLORS[label], "solid") for label, mask in layers]
+    return [
+        (label, mask[k] == value, CLASS_COLORS[(value - 1) % len(CLASS_COLORS)], LINE_STYLES[label])
+        for label, mask in layers
+        for value in values
+    ]
+
+
+def _legend_handles(
+    layers: list[tuple[str, np.ndarray]], class_names: Sequence[str], values: Sequence[int]
+) -> list[Line2D]:
+    """Binary: one entry per layer in its colour. K > 2: one per class (its colour), one per layer (style)."""
+    if len(values) == 1:
+        return [
+            Line2D([], [], color=LAYER_COLORS[label], linewidth=LINE_WIDTHS[label], label=label)
+            for label, _ in layers
+        ]
+    classes = [
+        Line2D([], [], color=CLASS_COLORS[(value - 1) % len(CLASS_COLORS)], linewidth=2.0, label=name)
+        for name, value in zip(class_names, values, strict=True)
+    ]
+    styles = [
+        Line2D([], [], color=LAYER_KEY_COLOR, linewidth=1.5, linestyle=LINE_STYLES[label], label=label)
+        for label, _ in layers
+    ]
+    return classes + styles
 
 
 def draw_overlay(
@@ -107,20 +161,25 @@ def draw_overlay(
     slices: Sequence[int] | None = None,
     titles: Sequence[str] | None = None,
     panel_size: float = 3.0,
+    class_names: Sequence[str] | None = None,
 ) -> Figure:
     """Draw one panel per chosen slice: grey image, reference (red), noisy (yellow), prediction (cyan).
 
     Args:
         image: Intensities [S, H, W] or one slice [H, W], any real range (each panel is windowed to its
             1st-99th percentile).
-        reference: Binary reference mask, same shape as ``image``.
-        noisy: Binary noisy label, same shape, or None to leave it out of the panels and the legend.
-        prediction: Binary prediction (threshold probabilities first), same shape, or None likewise. When
-            given, each title ends with the slice's 2-D Dice against the reference.
+        reference: Reference label values, same shape as ``image`` (binary: 0/1, nonzero = foreground).
+        noisy: Noisy label values, same shape, or None to leave it out of the panels and the legend.
+        prediction: Predicted label values (from probabilities first), same shape, or None likewise. When
+            given, each title ends with the slice's 2-D Dice against the reference (K > 2 labels: the mean
+            over the foreground classes).
         slices: Slice indices to show; default :func:`default_slices` of the reference.
         titles: One title per shown slice; default ``"slice k"``.
         panel_size: Panel width in inches; the figure is ``panel_size × n_slices`` wide and
             ``panel_size × H / W + LEGEND_INCHES`` tall.
+        class_names: Names of the foreground labels 1..K-1. With two or more, each class gets its colour
+            (:data:`CLASS_COLORS`) and a legend entry, and each layer its line style
+            (:data:`LINE_STYLES`); None or one name: the binary drawing, one colour per layer.
 
     Returns:
         The figure (constrained layout, Agg canvas), not yet saved.
@@ -130,25 +189,21 @@ def draw_overlay(
         _as_stack(mask, name, image.shape)
         for mask, name in ((reference, "reference"), (noisy, "noisy"), (prediction, "prediction"))
     )
-    shown = _slices_and_titles(reference, slices, titles)
+    shown = _slices_and_titles(reference > 0, slices, titles)
     layers = [
-        (label, mask, color)
-        for label, mask, color in (
-            ("Reference", reference, REFERENCE_COLOR),
-            ("Noisy label", noisy, NOISY_COLOR),
-            ("Prediction", prediction, PREDICTION_COLOR),
-        )
+        (label, mask)
+        for label, mask in (("Reference", reference), ("Noisy label", noisy), ("Prediction", prediction))
         if mask is not None
     ]
+    names = list(class_names or [])
+    values = list(range(1, len(names) + 1)) if len(names) > 1 else [1]
     height, width = image.shape[1:]
     figure = new_figure(panel_size * len(shown), panel_size * height / width + LEGEND_INCHES)
     for ax, (k, title) in zip(figure.subplots(1, len(shown), squeeze=False)[0], shown, strict=True):
         if prediction is not None:
-            title = f"{title}\nDice {volume_dice(prediction[k : k + 1], reference[k : k + 1]):.3f}"
-        _draw_panel(ax, image[k], [(label, mask[k], color) for label, mask, color in layers], title)
-    handles = [
-        Line2D([], [], color=color, linewidth=LINE_WIDTHS[label], label=label) for label, _, color in layers
-    ]
+            title = f"{title}\nDice {_slice_dice(prediction[k], reference[k], values):.3f}"
+        _draw_panel(ax, image[k], _contours(layers, k, values), title)
+    handles = _legend_handles(layers, names, values)
     figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9)
     return figure
 
@@ -165,9 +220,17 @@ def overlay_figure(
     panel_size: float = 3.0,
     dpi: int = DPI,
     overwrite: bool = False,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Draw :func:`draw_overlay` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
     figure = draw_overlay(
-        image, reference, noisy, prediction, slices=slices, titles=titles, panel_size=panel_size
+        image,
+        reference,
+        noisy,
+        prediction,
+        slices=slices,
+        titles=titles,
+        panel_size=panel_size,
+        class_names=class_names,
     )
     return save_png(figure, out_path, dpi, overwrite=overwrite)

@@ -75,8 +75,12 @@ def _seg_noise(value: str) -> str:
 
 
 def _seg_values(summary: Mapping[str, Any]) -> dict[str, float | None]:
+    """``dice``, ``hd95`` (K > 2: the mean over classes) and per class ``dice_<name>``, ``hd95_<name>``."""
     mean = summary["mean"]
-    return {name: mean.get(name, {}).get("mean") for name in ("dice", "hd95")}
+    values = {name: mean.get(name, {}).get("mean") for name in ("dice", "hd95")}
+    for label, stats in mean.get("classes", {}).items():
+        values.update({f"{name}_{label}": stats.get(name, {}).get("mean") for name in ("dice", "hd95")})
+    return values
 
 
 def _seg_train(cfg: Any, run_dir: Path, resume: bool) -> Any:

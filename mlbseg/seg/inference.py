@@ -8,25 +8,31 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mlbseg.evaluation.metrics import volume_dice
-from mlbseg.evaluation.resample import probabilities_to_original
+from mlbseg.evaluation.metrics import mean_class_dice, volume_labels
 from mlbseg.seg.data import Volume
+
+
+def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """[B, C_out, h, w] logits -> probabilities: sigmoid of one foreground logit, softmax over K logits."""
+    return logits.sigmoid() if logits.shape[1] == 1 else logits.softmax(dim=1)
 
 
 @torch.no_grad()
 def predict_probabilities(
     model: torch.nn.Module, images: torch.Tensor, chunk_size: int = 32, amp_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """Foreground probabilities of every slice, in eval mode (the model's mode is restored after).
+    """Probabilities of every slice, in eval mode (the model's mode is restored after).
 
     Args:
-        model: Maps [B, 1, h, w] images to [B, 1, h, w] logits.
-        images: [S, 1, h, w] float32 slices on the model's device.
+        model: Maps [B, C, h, w] images to [B, C_out, h, w] logits (C_out = 1: one foreground logit of
+            binary data; C_out = K: one logit per label).
+        images: [S, C, h, w] float32 slices on the model's device.
         chunk_size: Slices per forward pass.
         amp_dtype: Autocast dtype on CUDA, or None for full precision.
 
     Returns:
-        [S, h, w] float32 probabilities in [0, 1].
+        [S, C_out, h, w] float32 probabilities in [0, 1]: the sigmoid of the logit for C_out = 1, the
+        softmax over the K logits otherwise (computed in float32 after an autocast forward).
     """
     was_training = model.training
     model.eval()
@@ -36,20 +42,23 @@ def predict_probabilities(
     )
     try:
         with autocast:
-            chunks = [model(chunk).float().sigmoid() for chunk in images.split(chunk_size)]
+            chunks = [logits_to_probabilities(model(chunk).float()) for chunk in images.split(chunk_size)]
     finally:
         model.train(was_training)
-    return torch.cat(chunks)[:, 0]
+    return torch.cat(chunks)
 
 
 def validation_dice(
     model: torch.nn.Module, volumes: Sequence[Volume], amp_dtype: torch.dtype | None = None
 ) -> float:
-    """Mean per-volume 3-D Dice at original resolution over ``volumes`` (docs/evaluation.md §1)."""
+    """Mean per-volume 3-D Dice at original resolution over ``volumes`` (docs/evaluation.md §1).
+
+    Per volume the Dice is the mean over its foreground classes (the one class of binary data); the
+    classes are those of the model's outputs (1 logit: binary; K logits: labels 1..K-1).
+    """
     scores = []
     for volume in volumes:
-        probs = predict_probabilities(model, volume.images, amp_dtype=amp_dtype)
-        original = probabilities_to_original(probs, volume.mask_original.shape[1:])
-        prediction = np.asarray(torch.as_tensor(original).cpu() > 0.5)
-        scores.append(volume_dice(prediction, volume.mask_original > 0))
+        probs = predict_probabilities(model, volume.images, amp_dtype=amp_dtype)  # [S, C_out, h, w]
+        labels = volume_labels(probs, volume.mask_original.shape[1:]).cpu()  # [S, H, W]
+        scores.append(mean_class_dice(labels, volume.mask_original, probs.shape[1]))
     return float(np.mean(scores))

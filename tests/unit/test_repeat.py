@@ -372,3 +372,49 @@ def test_a_second_repeat_in_the_same_folder_is_refused(prepared, tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UserError, match="another `mlbseg repeat` is running"):
             repeat(SMOKE, seeds=[0], methods=["baseline"], overrides=[f"data.prepared={prepared}"], out=out)
+
+
+def _zones_record(seed, dice, pz, tz, status="finished"):
+    values = {"dice": dice, "hd95": 4.0, "dice_PZ": pz, "hd95_PZ": 3.0, "dice_TZ": tz, "hd95_TZ": 5.0}
+    return RunRecord("mlbseg", "L1", seed, f"mlbseg-L1-seed{seed}", status, values, Path("log.txt"))
+
+
+def test_tables_of_k_labels_show_the_class_mean_and_each_class():
+    summary = {
+        "mean": {
+            "dice": {"mean": 0.7},
+            "hd95": {"mean": None},
+            "classes": {"PZ": {"dice": {"mean": 0.6}, "hd95": {"mean": 3.5}}, "TZ": {"dice": {"mean": 0.8}}},
+        }
+    }
+    assert SEG.values(summary) == {
+        "dice": 0.7,
+        "hd95": None,
+        "dice_PZ": 0.6,
+        "hd95_PZ": 3.5,
+        "dice_TZ": 0.8,
+        "hd95_TZ": None,
+    }
+    (row,) = aggregate(SEG, [_zones_record(0, 0.70, 0.60, 0.80), _zones_record(1, 0.80, 0.70, 0.90)])
+    assert row["classes"] == ["PZ", "TZ"]
+    assert (row["dice_mean"], row["dice_PZ_mean"], row["dice_TZ_mean"]) == (
+        pytest.approx(75.0),
+        pytest.approx(65.0),
+        pytest.approx(85.0),
+    )
+    assert row["dice_TZ_std"] == pytest.approx(7.0710678)
+    assert (row["hd95_PZ_mean"], row["hd95_PZ_n"]) == (3.0, 2)
+    text = markdown(SEG, [row], "t")
+    columns = "Dice (%) | HD95 (mm) | PZ Dice (%) | PZ HD95 (mm) | TZ Dice (%) | TZ HD95 (mm)"
+    assert f"| Method | Noise | n | {columns} | Failed |" in text
+    assert (
+        "| mlbseg | L1 | 2 | 75.00 ± 7.07 | 4.00 ± 0.00 | 65.00 ± 7.07 | 3.00 ± 0.00 | 85.00 ± 7.07 |" in text
+    )
+    assert "mean over the foreground classes" in text
+    header = csv_text(SEG, [row]).splitlines()[0].split(",")
+    assert header[3:9] == ["dice_mean", "dice_std", "dice_n", "hd95_mean", "hd95_std", "hd95_n"]
+    assert header[9:12] == ["dice_PZ_mean", "dice_PZ_std", "dice_PZ_n"]
+    assert "classes" not in header
+    binary = aggregate(SEG, [_record("baseline", "L1", 0, "finished", 0.6, 10.0)])
+    assert "classes" not in binary[0]
+    assert "mean over the foreground classes" not in markdown(SEG, binary, "t")

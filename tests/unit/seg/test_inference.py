@@ -48,10 +48,19 @@ def _column_volume(case_id: str, probs_by_column, reference_columns, slices=2) -
 def test_probabilities_are_the_sigmoid_of_the_logits_per_slice():
     images = torch.linspace(-4, 4, 3 * 5 * 6).reshape(3, 1, 5, 6)
     probs = predict_probabilities(Recorder(), images)
-    assert probs.shape == (3, 5, 6)
+    assert probs.shape == (3, 1, 5, 6)  # [S, C_out, h, w]: one foreground channel
     assert probs.dtype == torch.float32
     assert not probs.requires_grad
-    assert torch.equal(probs, images[:, 0].sigmoid())
+    assert torch.equal(probs, images.sigmoid())
+
+
+def test_probabilities_of_k_logits_are_their_softmax_over_the_labels():
+    images = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(3))
+    probs = predict_probabilities(Recorder(), images)  # the identity: 3 input channels are 3 logits
+    assert probs.shape == (2, 3, 4, 5)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, 4, 5))
+    assert torch.equal(probs, images.softmax(dim=1))
+    assert not torch.equal(probs, images.sigmoid())
 
 
 def test_prediction_runs_in_eval_mode_and_restores_the_mode():
@@ -88,7 +97,7 @@ def test_chunking_does_not_change_the_probabilities_and_leaves_batchnorm_statist
     for other in results[1:]:
         torch.testing.assert_close(other, results[0], rtol=1e-6, atol=1e-7)
     with torch.no_grad():
-        expected = model.eval()(images).sigmoid()[:, 0]  # eval: the running statistics, not the batch's
+        expected = model.eval()(images).sigmoid()  # eval: the running statistics, not the batch's
     torch.testing.assert_close(results[0], expected, rtol=1e-6, atol=1e-7)
     assert torch.equal(model[1].running_mean, torch.full((3,), 0.7))
     assert torch.equal(model[1].running_var, torch.full((3,), 4.0))
@@ -129,3 +138,25 @@ def test_validation_dice_threshold_is_strictly_above_one_half():
     images = torch.zeros(1, 1, 4, 4)
     volume = Volume("Case00", images, np.ones((1, 8, 8), np.uint8), (1.0, 1.0, 1.0))
     assert validation_dice(Recorder(), [volume]) == 0.0
+
+
+def _zones_volume(case_id: str, logits_by_column, reference_by_column) -> Volume:
+    """3 labels: logits [3, 4 columns] constant down each column (4×4 grid), reference 8×8 by column pair."""
+    logits = torch.tensor(logits_by_column, dtype=torch.float32)  # [3, 4]
+    images = logits[None, :, None, :].expand(2, 3, 4, 4).clone()  # [S=2, 3, 4, 4]
+    mask = np.repeat(np.asarray(reference_by_column, np.uint8), 2)[None, None, :].repeat(8, axis=1)
+    return Volume(case_id, images, np.repeat(mask, 2, axis=0), (1.0, 1.0, 1.0))
+
+
+def test_validation_dice_of_k_labels_is_the_mean_over_foreground_classes():
+    # argmax per column: labels 1, 1, 2, 0 -> at 8 columns 1, 1, 1, 1, 2, 2, 0, 0 (nearest to the centres)
+    logits = [[0.0, 0.0, 0.0, 5.0], [5.0, 5.0, 0.0, 0.0], [0.0, 0.0, 5.0, 0.0]]
+    exact = _zones_volume("Case00", logits, reference_by_column=[1, 1, 2, 0])
+    assert validation_dice(Recorder(), [exact]) == 1.0
+    # reference: class 1 in columns 0-1 (2 of the 4 predicted), class 2 in 4-7 (2 predicted of 4)
+    half = _zones_volume("Case01", logits, reference_by_column=[1, 0, 2, 2])
+    class_1, class_2 = 2 * 2 / (4 + 2), 2 * 2 / (2 + 4)
+    assert validation_dice(Recorder(), [half]) == pytest.approx((class_1 + class_2) / 2, abs=1e-12)
+    # a class absent from both prediction and reference scores 1.0 (docs/evaluation.md §1.1), per class
+    no_two = _zones_volume("Case02", [[0.0, 0, 0, 5], [5, 5, 5, 0], [0, 0, 0, 0]], [1, 1, 1, 0])
+    assert validation_dice(Recorder(), [no_two]) == 1.0
