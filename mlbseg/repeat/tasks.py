@@ -23,6 +23,7 @@ from mlbseg.config import load_config
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg import config as seg_config
+from mlbseg.seg import data as seg_data
 from mlbseg.seg import evaluate as seg_evaluate
 from mlbseg.seg import trainer as seg_trainer
 
@@ -64,13 +65,23 @@ def _seg_load(path: Path, overrides: Sequence[str]) -> Any:
 
 
 def _seg_check(cfg: Any) -> None:
-    load_manifest(cfg.data.prepared)  # UserError naming the folder when it is missing or damaged
+    manifest = load_manifest(cfg.data.prepared)  # UserError naming the folder when it is missing or damaged
+    choices = seg_data.available_labels(manifest)
+    if cfg.data.noise not in choices:
+        raise UserError(
+            f"--noise: unknown noise level {cfg.data.noise!r} for {cfg.data.prepared}; choose from "
+            f"{', '.join(choices)}"
+        )
 
 
 def _seg_noise(value: str) -> str:
-    if value not in seg_config.NOISE_LEVELS:
+    """A noise level (L1, L2, L3, clean) or a given annotation's name; the prepared data is checked later."""
+    if value not in seg_config.NOISE_LEVELS and not seg_config.ANNOTATION_NAME.fullmatch(value):
         levels = ", ".join(seg_config.NOISE_LEVELS)
-        raise UserError(f"--noise: unknown noise level {value!r}; choose from {levels}")
+        raise UserError(
+            f"--noise: {value!r} is neither a noise level ({levels}) nor an annotation name "
+            "(letters, digits, _ and -)"
+        )
     return value
 
 
@@ -133,7 +144,7 @@ def get_task(name: str) -> RepeatTask:
             name="seg",
             methods=tuple(seg_config.METHODS),
             noise_key="data.noise",
-            noise_help="noise levels L1, L2, L3 or clean",
+            noise_help="noise levels L1, L2, L3, clean or a given annotation's name",
             metrics=(Metric("dice", "Dice (%)", 100.0), Metric("hd95", "HD95 (mm)", 1.0)),
             load=_seg_load,
             check=_seg_check,

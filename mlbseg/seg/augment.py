@@ -3,7 +3,8 @@
 The reference re-seeds the global RNGs per item so that image and masks get the same PIL transform, and
 thresholds bilinearly resized masks at ``> 0`` (a systematic dilation, §7 item 40–41). Here one affine warp
 per batch applies the same per-sample parameters to the image and all its masks: images bilinear, masks
-nearest (no dilation), zero fill, randomness only from an explicit generator.
+nearest (no dilation; class maps keep their class indices 0..K−1), zero fill (background), randomness only
+from an explicit generator.
 """
 
 from __future__ import annotations
@@ -31,14 +32,15 @@ def random_flip_rotate(
 
     Args:
         images: [B, C, H, W] floating point images.
-        masks: Masks of the same samples, each [B, 1, H, W] (0/1, any dtype).
+        masks: Class maps of the same samples, each [B, 1, H, W] (class indices 0..K−1, binary 0/1; any
+            dtype).
         generator: Source of all randomness; must live on the images' device.
         max_degrees: Largest rotation angle in degrees (0 disables rotation).
         flip_prob: Probability of a horizontal (left-right) flip.
 
     Returns:
         Augmented images [B, C, H, W] (bilinear, input dtype) and masks (nearest, each in its input dtype,
-        still 0/1).
+        still class indices).
     """
     batch, _, height, width = images.shape
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32

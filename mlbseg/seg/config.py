@@ -7,6 +7,7 @@ The shipped YAML files in ``mlbseg/configs/seg/`` override them; ``--set key.sub
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from mlbseg.config import absolute_path, check_range, choice
@@ -15,7 +16,10 @@ from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
 from mlbseg.seg.model import ARCHITECTURES
 
+# The built-in training labels: the synthetic noisy levels and the clean reference (the upper bound).
 NOISE_LEVELS = ("L1", "L2", "L3", "clean")
+# A given annotation's name (``noisy_<name>`` in the case files): the manifest lists which exist.
+ANNOTATION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,9 @@ class DataConfig:
     """Which prepared dataset and which training labels; the dataset-level augmentation."""
 
     prepared: str = "prepared"  # folder written by `mlbseg prepare`
-    noise: str = choice("L2", NOISE_LEVELS)  # training labels: noisy_L1..L3 or the clean masks
+    # Training labels: L1/L2/L3 (synthetic noise), clean (the reference: the clean-label upper bound) or
+    # the name of a given annotation (noisy_<name>, e.g. rater2); checked against the manifest at build.
+    noise: str = "L2"
     flip_prob: float = 0.5  # horizontal flip, same for image and masks
     rotation_degrees: float = 10.0  # uniform in ±degrees, same for image and masks
     # Share of each train and meta batch drawn from slices whose label has foreground (nnU-Net-style
@@ -199,6 +205,11 @@ def check_config(cfg: SegConfig) -> None:
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)
+    if not ANNOTATION_NAME.fullmatch(data.noise):
+        raise UserError(
+            f"'data.noise' must be one of {', '.join(NOISE_LEVELS)} or the name of a given annotation "
+            f"(letters, digits, '_' and '-'); got {data.noise!r}"
+        )
     for pad in method.views.zoom_pads:
         check_range("method.views.zoom_pads", pad, 1)
     try:

@@ -24,10 +24,18 @@ def multiview_consistency(view_probs: Tensor, params: ViewParams) -> Tensor:
     """Mean squared difference between every pair of a sample's views, in the identity view's frame.
 
     For each sample and each of the C(5, 2) = 10 view pairs, the squared difference of the two back-mapped
-    maps is averaged over the pixels both views saw; the loss is the mean over pairs and samples.
+    maps is averaged over the class channels and the pixels both views saw; the loss is the mean over pairs
+    and samples.
+
+    Normalisation for K classes: the mean runs over the C channels too (as ``F.mse_loss`` does for the EMA
+    term), not their sum. With the softmax of two classes the two channels differ by the same amount, so
+    the mean is exactly the binary term on the one sigmoid channel; for K > 2 the squared distance of two
+    probability vectors (at most 2) is divided by K, and a ``method.consistency_weight`` keeps its meaning
+    per channel.
 
     Args:
-        view_probs: [5B, C, H, W] probabilities in [0, 1] of the views, sample-major (from ``make_views``).
+        view_probs: [5B, C, H, W] probabilities in [0, 1] of the views, sample-major (from ``make_views``):
+            C = 1 the sigmoid (binary), C = K the softmax.
         params: The views' geometry from :func:`mlbseg.seg.views.make_views`.
 
     Returns:

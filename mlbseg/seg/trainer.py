@@ -10,11 +10,19 @@ each global batch: ``train.batch_size`` and ``method.meta_batch_size`` are per p
 draw global batches from one generator seeded alike on every process (the same permutation everywhere,
 a different part on each process, new meta slices every step), and augmentation uses a generator of each
 process's own. With one process everything is as before: one generator for streams and augmentation.
+
+The data decide the network's shape: ``len(channels)`` input channels and ``output_channels(K)`` logit
+maps for the K labels of the manifest (binary: one); both checkpoints keep the manifest's ``data`` record
+(:func:`mlbseg.seg.data.data_record`). ``data.noise`` names the training labels; train cases that lack
+them (a case without a reference under a synthetic level, a case without the chosen annotation) are left
+out, and train cases without a reference are not monitored (``train_dice_reference``); both are said once
+on stderr.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +34,22 @@ from mlbseg.engine.optim import build_optimizer
 from mlbseg.engine.seeding import make_generator
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
+from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg.config import SegConfig, check_config, check_zoom_pads
-from mlbseg.seg.data import SliceSet, load_slices, load_volumes
+from mlbseg.seg.data import (
+    SliceSet,
+    data_record,
+    load_slices,
+    load_training_slices,
+    load_volumes,
+    training_label_key,
+)
 from mlbseg.seg.inference import validation_dice
-from mlbseg.seg.model import build_model
+from mlbseg.seg.model import build_model, output_channels
 from mlbseg.seg.step import SegmentationStep
+
+# Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
+MONITORING_STATS = ("train_dice_reference",)
 
 
 def default_run_dir(cfg: SegConfig) -> Path:
@@ -65,12 +84,21 @@ class SegmentationRun:
         self.cfg, self.dist = cfg, runtime.dist
         device = runtime.device
         prepared = Path(cfg.data.prepared)
-        label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
-        self.train_set = load_slices(prepared, "train", label_key, device)
+        self.data_record = data_record(load_manifest(prepared))
+        self.train_set = load_training_slices(prepared, cfg.data.noise, device)
         self.meta_set = load_slices(prepared, "meta", "mask", device)
         self.meta_volumes = load_volumes(prepared, "meta", device)
         check_zoom_pads(cfg, self.train_set.images.shape[-1])
-        self.model = runtime.place_model(build_model(cfg.model))
+        # None when every train slice has a reference: the step then monitors the whole batch.
+        monitored = self.train_set.has_reference
+        self.train_has_reference = None if bool(monitored.all()) else monitored
+        if self.dist.is_main:
+            _say_what_is_left_out(self.train_set, cfg.data.noise)
+        num_labels = self.train_set.num_labels
+        model = build_model(
+            cfg.model, in_channels=self.train_set.images.shape[1], classes=output_channels(num_labels)
+        )
+        self.model = runtime.place_model(model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         teacher = EMATeacher(self.model, cfg.method.ema.decay) if cfg.method.uses_ema else None
         generator = make_generator(self.dist.rank_seed(cfg.train.seed), device)  # augmentation, views
@@ -86,6 +114,7 @@ class SegmentationRun:
             amp_dtype=runtime.amp_dtype,
             dist=self.dist,
             compile_model=cfg.train.compile,
+            num_labels=num_labels,
         )
         world, fraction = self.dist.world_size, cfg.data.foreground_fraction
         self.train_stream = slice_stream(
@@ -104,6 +133,7 @@ class SegmentationRun:
         )
         self.meta_weighting = False
         self.totals: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, torch.Tensor] = {}  # steps that covered each of MONITORING_STATS
         self.steps_done = 0
 
     def steps_in_epoch(self, epoch: int) -> int:
@@ -114,20 +144,26 @@ class SegmentationRun:
     def begin_epoch(self, epoch: int) -> None:
         """Meta-weighting starts after ``method.warmup_epochs``; the statistics start afresh."""
         self.meta_weighting = epoch >= self.cfg.method.warmup_epochs
-        self.totals, self.steps_done = {}, 0
+        self.totals, self.counts, self.steps_done = {}, {}, 0
 
     def train_step(self) -> None:
         """Draw this process's training and meta slices, expand them, and take the method's step."""
         step, dist, views = self.step, self.dist, self.meta_weighting
-        batch = step.expand(*self.train_set.batch(dist.shard(self.train_stream.next())), views=views)
+        index = dist.shard(self.train_stream.next())
+        monitored = None if self.train_has_reference is None else self.train_has_reference[index]
+        batch = step.expand(*self.train_set.batch(index), has_reference=monitored, views=views)
         meta = step.expand(*self.meta_set.batch(dist.shard(self.meta_stream.next())), views=views)
         for name, value in step(batch, meta, self.meta_weighting).items():
+            if name in MONITORING_STATS:  # NaN for a batch without a reference: not counted
+                covered = value.isfinite()
+                value = torch.where(covered, value, torch.zeros_like(value))
+                self.counts[name] = self.counts[name] + covered if name in self.counts else covered.float()
             self.totals[name] = self.totals[name] + value if name in self.totals else value
         self.steps_done += 1
 
     def running_stats(self) -> dict[str, float]:
-        """Means over the epoch's steps so far, averaged over the processes."""
-        means = {name: total / self.steps_done for name, total in self.totals.items()}
+        """Means over the epoch's steps so far (monitoring: the steps they covered), over the processes."""
+        means = {name: total / self.counts.get(name, self.steps_done) for name, total in self.totals.items()}
         return {name: float(value) for name, value in self.dist.mean_values(means).items()}
 
     def end_epoch(self) -> dict[str, float]:
@@ -142,7 +178,7 @@ class SegmentationRun:
         """Nothing beyond ``config.yaml``: the prepared folder describes the inputs."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher, generators and stream positions.
+        """Teacher, generators, stream positions and the data record (``data``, for ``predict``).
 
         Across processes (every process must call it) also the shared stream generator and every
         process's own generator.
@@ -153,6 +189,7 @@ class SegmentationRun:
             "generator": step.generator.get_state(),
             "train_stream": self.train_stream.state_dict(),
             "meta_stream": self.meta_stream.state_dict(),
+            "data": self.data_record,
         }
         if self.dist.enabled:
             state["stream_generator"] = self.stream_generator.get_state()
@@ -160,7 +197,11 @@ class SegmentationRun:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict` (written by as many processes as this run has)."""
+        """Continue from :meth:`state_dict` (written by as many processes as this run has).
+
+        ``data`` is not read back (checkpoints written before it existed resume alike): the prepared
+        folder is read afresh.
+        """
         step = self.step
         if step.teacher is not None:
             step.teacher.load_state_dict(state["teacher"])
@@ -173,9 +214,32 @@ class SegmentationRun:
         self.meta_stream.load_state_dict(state["meta_stream"])
 
     def final_state(self) -> dict[str, Any]:
-        """The EMA teacher's weights, when enabled."""
+        """The EMA teacher's weights (when enabled) and the data record (``data``)."""
         teacher = self.step.teacher
-        return {"teacher": teacher.state_dict() if teacher else None}
+        return {"teacher": teacher.state_dict() if teacher else None, "data": self.data_record}
+
+
+def _say_what_is_left_out(train_set: SliceSet, noise: str) -> None:
+    """One stderr line each: train cases left out for lacking the labels, and those not monitored."""
+    if train_set.left_out:
+        count, total = len(train_set.left_out), len(train_set.left_out) + len(train_set.cases)
+        print(
+            f"data.noise={noise}: left out {count} of {total} train cases without "
+            f"'{training_label_key(noise)}' labels ({_some(train_set.left_out)})",
+            file=sys.stderr,
+        )
+    unmonitored = train_set.cases_without_reference()
+    if unmonitored:
+        print(
+            f"train_dice_reference: {len(unmonitored)} train case(s) without a reference are not monitored "
+            f"({_some(unmonitored)})",
+            file=sys.stderr,
+        )
+
+
+def _some(ids: tuple[str, ...] | list[str], shown: int = 3) -> str:
+    """``a, b, c`` or ``a, b, c, …`` for more than ``shown`` ids."""
+    return ", ".join(ids[:shown]) + (", …" if len(ids) > shown else "")
 
 
 def slice_stream(

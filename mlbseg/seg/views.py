@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mlbseg.errors import UserError
+from mlbseg.seg.label_space import hard_labels, label_maps
 
 NUM_VIEWS = 5
 DEFAULT_ZOOM_PADS: tuple[int, ...] = tuple(range(4, 31, 2))  # {4, 6, ..., 30}, as in the reference
@@ -63,6 +64,8 @@ def make_views(
     labels: Sequence[Tensor],
     generator: torch.Generator,
     zoom_pads: Sequence[int] = DEFAULT_ZOOM_PADS,
+    *,
+    num_labels: int = 2,
 ) -> tuple[Tensor, tuple[Tensor, ...], ViewParams]:
     """Five views per sample: identity, zoom-in, two distinct zoom-outs and a flip (docs/reference.md §6.5).
 
@@ -71,27 +74,32 @@ def make_views(
 
     Args:
         images: [B, C, H, W] floating point images.
-        labels: Masks, each [B, 1, H, W] with values 0/1 (any dtype), e.g. the noisy and the clean label.
+        labels: Class maps, each [B, 1, H, W] with class indices 0..K−1 (any dtype; binary 0/1), e.g. the
+            noisy and the clean label.
         generator: Source of all randomness; must live on the images' device.
         zoom_pads: Candidate pads p in pixels (at least two distinct values, 2·max(p) < min(H, W)).
+        num_labels: K, the number of labels with the background.
 
     Raises:
         UserError: ``zoom_pads`` has fewer than two distinct values or a pad too large for the images.
 
     Returns:
         View images [5B, C, H, W] (bilinear, zero outside the image), view labels (one [5B, 1, H, W] tensor
-        per input mask, in the images' dtype, 0/1: bilinear then ``> 0.5``, which is symmetric and
-        unbiased, unlike the reference's dataset-level ``> 0``) and the views' :class:`ViewParams`.
+        per input class map, in the images' dtype: the label maps warped bilinearly, then
+        :func:`~mlbseg.seg.label_space.hard_labels`, i.e. ``> 0.5`` for binary, which is symmetric and
+        unbiased, unlike the reference's dataset-level ``> 0``, and the argmax of the warped one-hot maps
+        for K > 2; background outside the image) and the views' :class:`ViewParams`.
     """
     batch, channels, height, width = images.shape
     dtype = torch.float64 if images.dtype == torch.float64 else torch.float32
     pads, flips, size = _constants(tuple(zoom_pads), height, width, device=images.device, dtype=dtype)
     scales = _draw_scales(batch, pads=pads, flips=flips, size=size, generator=generator)  # [B, 5, 2]
     params = ViewParams(_scale_matrices(scales), _scale_matrices(scales.reciprocal()))
-    stack = torch.cat([images, *(label.to(images.dtype) for label in labels)], dim=1)  # [B, C + L, H, W]
-    warped = warp_sample_major(stack, params.theta)  # [5B, C + L, H, W]
-    view_images, *view_labels = warped.split([channels] + [1] * len(labels), dim=1)
-    return view_images, tuple((label > 0.5).to(images.dtype) for label in view_labels), params
+    maps = [label_maps(label.to(images.dtype), num_labels) for label in labels]  # each [B, C_out, H, W]
+    stack = torch.cat([images, *maps], dim=1)  # [B, C + L·C_out, H, W]
+    warped = warp_sample_major(stack, params.theta)  # [5B, C + L·C_out, H, W]
+    view_images, *view_maps = warped.split([channels] + [m.shape[1] for m in maps], dim=1)
+    return view_images, tuple(hard_labels(m) for m in view_maps), params
 
 
 def warp_sample_major(stack: Tensor, theta: Tensor) -> Tensor:
@@ -160,20 +168,23 @@ def average_pseudo_labels(view_probs: Tensor, params: ViewParams) -> Tensor:
 
     Per sample, the five back-mapped probability maps are averaged over the views that saw each pixel (the
     identity view sees all), the mean is warped into every view's geometry with the forward transforms
-    (zeros outside the image, as for the view labels) and thresholded at 0.5. No gradient flows.
+    (zeros outside the image, as for the view labels) and made hard with
+    :func:`~mlbseg.seg.label_space.hard_labels`: thresholded at 0.5 (binary sigmoid), or the argmax of the
+    view-averaged softmax (K > 2 classes). No gradient flows.
 
     Args:
-        view_probs: [5B, 1, H, W] probabilities in [0, 1] of the views, sample-major.
+        view_probs: [5B, C, H, W] probabilities in [0, 1] of the views, sample-major (C = 1: the foreground
+            probability; C = K: the softmax).
         params: The views' geometry from :func:`make_views`.
 
     Returns:
-        [5B, 1, H, W] pseudo-labels, 0/1 in ``view_probs``' dtype.
+        [5B, 1, H, W] pseudo-labels, class indices (binary 0/1) in ``view_probs``' dtype.
     """
-    maps, valid = reference_frame_float(view_probs.detach(), params)  # [5B, 1, H, W] each
+    maps, valid = reference_frame_float(view_probs.detach(), params)  # [5B, C, H, W], [5B, 1, H, W]
     batch, shape = params.batch_size, maps.shape[1:]
-    maps, valid = maps.view(batch, NUM_VIEWS, *shape), valid.view(batch, NUM_VIEWS, *shape)
-    mean = maps.sum(dim=1) / valid.sum(dim=1)  # [B, 1, H, W]; the identity view makes the count ≥ 1
-    return (warp_sample_major(mean, params.theta) > 0.5).to(view_probs.dtype)
+    maps, valid = maps.view(batch, NUM_VIEWS, *shape), valid.view(batch, NUM_VIEWS, *valid.shape[1:])
+    mean = maps.sum(dim=1) / valid.sum(dim=1)  # [B, C, H, W]; the identity view makes the count ≥ 1
+    return hard_labels(warp_sample_major(mean, params.theta)).to(view_probs.dtype)
 
 
 def _draw_scales(

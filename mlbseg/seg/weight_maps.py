@@ -10,7 +10,8 @@ The checkpoint ``last`` (the default) holds the optimizer state, so the virtual 
 momentum buffers (Adam: moments), as training did; ``final`` has none (the state starts from zero). The
 learning rate is the one of the run's last epoch. Slices go through the engine ``train.batch_size`` at a
 time, each batch with its own meta batch, as in training (``org`` normalisation makes the weights of one
-call sum to 1). Rows show the identity view.
+call sum to 1). Rows show the identity view; for K > 2 labels the label maps (noisy, pseudo, reference)
+are class maps scaled to [0, 1] (class / (K − 1)), one grey level per class, and α, β are per pixel.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from mlbseg.engine.optim import build_optimizer, lr_factor
 from mlbseg.engine.seeding import make_generator, resolve_device
 from mlbseg.engine.streams import IndexStream
 from mlbseg.errors import UserError
-from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg.config import SegConfig
-from mlbseg.seg.data import SliceSet, load_slices, split_cases
+from mlbseg.seg.data import SliceSet, load_slices, load_training_slices
 from mlbseg.seg.evaluate import load_trained_model
+from mlbseg.seg.label_space import hard_labels
 from mlbseg.seg.step import SegmentationStep
 from mlbseg.seg.views import NUM_VIEWS
 
@@ -41,9 +42,9 @@ def weight_map_rows(
 
     Returns:
         ``count`` dicts (fewer if fewer training slices have foreground in their reference) of [h, w]
-        numpy arrays ``image``, ``noisy``, ``pseudo`` (0/1; for ``l2rw``, which has no pseudo-label, the
-        thresholded prediction), ``reference``, ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title``
-        naming the case and slice.
+        numpy arrays ``image`` (the first channel), ``noisy``, ``pseudo`` (for ``l2rw``, which has no
+        pseudo-label, the hard prediction), ``reference`` (0/1, or class / (K − 1) for K > 2 labels),
+        ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title`` naming the case and slice.
 
     Raises:
         UserError: No run folder, a method without meta weights (baseline), or missing data.
@@ -58,14 +59,13 @@ def weight_map_rows(
         raise UserError(
             f"{run_dir}: method '{cfg.method.name}' learns no α/β weights; weight maps need l2rw or mlbseg"
         )
-    step = _rebuild_step(cfg, model, state, device=torch_device, seed=seed)
     prepared = Path(cfg.data.prepared)
-    label_key = "mask" if cfg.data.noise == "clean" else f"noisy_{cfg.data.noise}"
-    train_set = load_slices(prepared, "train", label_key, torch_device)
+    train_set = load_training_slices(prepared, cfg.data.noise, torch_device)
     meta_set = load_slices(prepared, "meta", "mask", torch_device)
+    step = _rebuild_step(cfg, model, state, device=torch_device, seed=seed, num_labels=train_set.num_labels)
 
     meta_stream = IndexStream(len(meta_set), cfg.method.meta_batch_size, step.generator)
-    names = _slice_names(prepared, len(train_set))
+    names = train_set.slice_names()
     chosen = _choose_slices(train_set, count, seed).to(torch_device)
     rows: list[dict[str, Any]] = []
     for index in chosen.split(cfg.train.batch_size):
@@ -76,7 +76,13 @@ def weight_map_rows(
 
 
 def _rebuild_step(
-    cfg: SegConfig, model: torch.nn.Module, state: dict[str, Any], *, device: torch.device, seed: int
+    cfg: SegConfig,
+    model: torch.nn.Module,
+    state: dict[str, Any],
+    *,
+    device: torch.device,
+    seed: int,
+    num_labels: int,
 ) -> SegmentationStep:
     """The run's step: its optimizer with the checkpoint's state (if any) and the EMA teacher (if used)."""
     model.train()  # the mode of a training step (BatchNorm on batch statistics)
@@ -100,6 +106,7 @@ def _rebuild_step(
         grad_clip_norm=cfg.optim.grad_clip_norm,
         generator=generator,
         teacher=teacher,
+        num_labels=num_labels,
     )
 
 
@@ -112,15 +119,6 @@ def _choose_slices(train_set: SliceSet, count: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     picked = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
     return picked.sort().values
-
-
-def _slice_names(prepared: Path, total: int) -> list[str]:
-    """``<case> z=<k>`` for every training slice, in the order of :func:`~mlbseg.seg.data.load_slices`."""
-    cases = load_manifest(prepared)["cases"]
-    names = [
-        f"{case} z={k}" for case in split_cases(prepared, "train") for k in range(cases[case]["num_slices"])
-    ]
-    return names if len(names) == total else [f"slice {k}" for k in range(total)]
 
 
 def _weights_of_batch(
@@ -136,18 +134,26 @@ def _weights_of_batch(
     meta = step.expand(*meta_set.batch(meta_index))
     probs = step.probabilities(batch.images)
     alpha, beta, pseudo = step.meta_weights(batch, meta, probs, step.extra_loss(batch))
-    shown = pseudo if pseudo is not None else (probs > 0.5).float()
+    shown = pseudo if pseudo is not None else hard_labels(probs)
     beta = beta if beta is not None else torch.zeros_like(alpha)
     stride = NUM_VIEWS if batch.views is not None else 1
+    top_class = train_set.num_labels - 1
     maps = {
         "image": batch.images,
-        "noisy": batch.labels,
-        "pseudo": shown,
-        "reference": batch.reference,
+        "noisy": batch.labels / top_class,
+        "pseudo": shown / top_class,
+        "reference": batch.reference / top_class,
         "alpha": alpha,
         "beta": beta,
     }
+    # [V, C, h, w] images, [V, 1, h, w] labels, α/β [V, 1, h, w] (binary) or [V, h, w] (K > 2): first map
     return [
-        {key: value[row, 0].detach().float().cpu().numpy().astype(np.float32) for key, value in maps.items()}
+        {key: _first_map(value, row) for key, value in maps.items()}
         for row in range(0, len(index) * stride, stride)
     ]
+
+
+def _first_map(value: torch.Tensor, row: int) -> np.ndarray:
+    """The first [h, w] map of ``value[row]`` (any of [V, C, h, w] or [V, h, w]) as float32 numpy."""
+    maps = value.reshape(value.shape[0], -1, *value.shape[-2:])  # [V, C, h, w]
+    return maps[row, 0].detach().float().cpu().numpy().astype(np.float32)

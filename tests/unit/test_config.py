@@ -54,7 +54,7 @@ def test_override_beats_yaml(tmp_path):
         ("method.nrmalize=org", "did you mean 'method.normalize'"),
         ("train.epochs=abc", "'train.epochs' must be an integer"),
         ("train.amp=maybe", "'train.amp' must be true or false"),
-        ("data.noise=L4", "'data.noise' must be one of"),
+        ("method.engine=fast", "'method.engine' must be one of"),
         ("optim=3", "'optim' is a section"),
         ("novalue", "expected KEY=VALUE"),
     ],

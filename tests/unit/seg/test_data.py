@@ -41,6 +41,11 @@ def test_train_slices_are_the_cases_stacked_with_the_chosen_label(prepared, labe
     np.testing.assert_array_equal(slices.labels.numpy(), _stacked(arrays, ids, label_key))
     np.testing.assert_array_equal(slices.reference.numpy(), _stacked(arrays, ids, "mask"))
     assert torch.equal(slices.labels, slices.reference) == (label_key == "mask")
+    assert slices.num_labels == 2  # binary: {background, foreground}
+    assert slices.has_reference.dtype == torch.bool
+    assert slices.has_reference.tolist() == [True] * 5
+    assert (slices.cases, slices.case_slices, slices.left_out) == (("Case00", "Case01"), (2, 3), ())
+    assert slices.slice_names() == ["Case00 z=0", "Case00 z=1", "Case01 z=0", "Case01 z=1", "Case01 z=2"]
 
 
 def test_each_split_loads_only_its_own_cases(prepared):

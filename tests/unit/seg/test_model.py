@@ -7,7 +7,7 @@ import torch
 
 from mlbseg.errors import UserError
 from mlbseg.seg.config import ModelConfig
-from mlbseg.seg.model import build_model
+from mlbseg.seg.model import build_model, output_channels
 
 SMALL = {"encoder": "resnet18", "decoder_channels": (16, 16, 8, 8)}
 
@@ -22,6 +22,19 @@ def test_144_input_gives_144_logits(arch):
     with torch.no_grad():
         logits = model(torch.rand(2, 1, 144, 144))
     assert logits.shape == (2, 1, 144, 144)
+
+
+def test_two_channels_and_three_labels_give_three_logit_maps(tmp_path):
+    model = build_model(ModelConfig(**SMALL), in_channels=2, classes=output_channels(3)).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 2, 32, 32)).shape == (1, 3, 32, 32)
+    # local RGB encoder weights: kernels repeated over the two channels and scaled by 3/2
+    source = _model(in_channels=3, **SMALL)
+    path = tmp_path / "encoder.pt"
+    torch.save(source.encoder.state_dict(), path)
+    adapted = build_model(ModelConfig(encoder_weights=str(path), **SMALL), in_channels=2, classes=3)
+    rgb = source.encoder.state_dict()["conv1.weight"]
+    torch.testing.assert_close(adapted.encoder.state_dict()["conv1.weight"], rgb[:, [0, 1]] * 1.5)
 
 
 def test_unknown_names_list_the_choices():

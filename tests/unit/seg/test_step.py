@@ -37,3 +37,13 @@ def test_without_views_the_slices_keep_their_labels_under_flip_and_rotation():
     batch = _step("mlbseg").expand(images, masks, masks.clone(), views=False)
     assert torch.equal(batch.labels, batch.reference)
     assert set(batch.labels.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_has_reference_follows_the_slices_into_their_views():
+    images, masks, _ = _slices(count=2)
+    has_reference = torch.tensor([True, False])
+    batch = _step("mlbseg").expand(images, masks, masks.clone(), has_reference=has_reference)
+    assert batch.has_reference.tolist() == [True] * 5 + [False] * 5  # sample-major, like the views
+    plain = _step("mlbseg").expand(images, masks, masks.clone(), has_reference=has_reference, views=False)
+    assert plain.has_reference is has_reference
+    assert _step("mlbseg").expand(images, masks, masks.clone()).has_reference is None

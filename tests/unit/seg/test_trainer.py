@@ -22,8 +22,9 @@ from mlbseg.engine.seeding import seed_everything
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
+from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg.config import SegConfig
-from mlbseg.seg.data import SliceSet
+from mlbseg.seg.data import SliceSet, data_record
 from mlbseg.seg.step import SegmentationStep
 from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_stream
 
@@ -250,14 +251,16 @@ def test_state_dict_round_trip_continues_bit_for_bit(prepared, tmp_path):
         assert torch.equal(tensor, expected_teacher["model"][name]), name
 
 
-def test_final_state_holds_the_teacher_only_with_ema(prepared, tmp_path):
+def test_final_state_holds_the_teacher_only_with_ema_and_always_the_data_record(prepared, tmp_path):
+    record = data_record(load_manifest(prepared))
     without = build(config(prepared, "method.ema.enabled=false"), tmp_path)
-    assert without.final_state() == {"teacher": None}
+    assert without.final_state() == {"teacher": None, "data": record}
     assert without.state_dict()["teacher"] is None
+    assert without.state_dict()["data"] == record
 
     with_ema = build(config(prepared, "method.ema.enabled=true"), tmp_path)
     final = with_ema.final_state()
-    assert set(final) == {"teacher"}
+    assert set(final) == {"teacher", "data"}
     assert set(final["teacher"]) == {"model", "num_updates"}
     assert set(final["teacher"]["model"]) == set(with_ema.model.state_dict())
 
@@ -270,7 +273,8 @@ def slices_with_foreground(foreground: list[int], count: int = 8) -> SliceSet:
     for index in foreground:
         labels[index, 0, 1, 2] = 1
     images = torch.rand(count, 1, 4, 4)
-    return SliceSet(images, labels, labels.clone())
+    has_reference = torch.ones(count, dtype=torch.bool)
+    return SliceSet(images, labels, labels.clone(), has_reference, 2, ("Case00",), (count,))
 
 
 def test_slice_stream_without_foreground_fraction_is_a_uniform_stream():

@@ -22,17 +22,17 @@ from mlbseg.seg.config import (
 )
 from mlbseg.seg.weight_maps import weight_map_rows
 
-from ._prepared import MODEL, SIZE, small_model, write_prepared
+from ._prepared import MODEL, SIZE, ZONES, ZONES_SPLITS, small_model, write_prepared
 
 KEYS = ["image", "noisy", "pseudo", "reference", "alpha", "beta", "title"]
 FOREGROUND_SLICES = ["Case00 z=1", "Case01 z=1", "Case01 z=2"]  # train slices whose reference is non-empty
 EPOCH = 3
 
 
-def _config(prepared, name="mlbseg", views=True, batch_size=1) -> SegConfig:
+def _config(prepared, name="mlbseg", views=True, batch_size=1, noise="L1") -> SegConfig:
     return SegConfig(
         # no flip, no rotation: the rows' image and labels are the prepared slices themselves
-        data=DataConfig(prepared=str(prepared), noise="L1", flip_prob=0.0, rotation_degrees=0.0),
+        data=DataConfig(prepared=str(prepared), noise=noise, flip_prob=0.0, rotation_degrees=0.0),
         model=ModelConfig(**MODEL),
         optim=OptimConfig(lr=0.01),
         method=MethodConfig(
@@ -46,12 +46,12 @@ def _config(prepared, name="mlbseg", views=True, batch_size=1) -> SegConfig:
     )
 
 
-def _write_run(run, cfg):
+def _write_run(run, cfg, in_channels=1, classes=1):
     """``last.pt`` (with the optimizer's momentum buffers, after one real SGD step) and ``final.pt``."""
     torch.manual_seed(0)
-    model = small_model()
+    model = small_model(in_channels=in_channels, classes=classes)
     optimizer = build_optimizer(model, cfg.optim)
-    model(torch.rand(2, 1, SIZE, SIZE)).square().mean().backward()
+    model(torch.rand(2, in_channels, SIZE, SIZE)).square().mean().backward()
     optimizer.step()
     teacher = EMATeacher(model, cfg.method.ema.decay).state_dict()
     common = {"model": model.state_dict(), "teacher": teacher, "epoch": EPOCH, "config": to_dict(cfg)}
@@ -221,3 +221,24 @@ def test_bad_requests_are_user_errors(tmp_path, prepared):
         weight_map_rows(run, count=0, device="cpu")
     with pytest.raises(UserError, match="checkpoint not found"):
         weight_map_rows(run, checkpoint=str(tmp_path / "missing.pt"), device="cpu")
+
+
+def test_three_label_rows_show_class_maps_in_grey_levels_and_per_pixel_weights(tmp_path, spy):
+    folder = tmp_path / "zones"
+    arrays = write_prepared(folder, ZONES_SPLITS, **ZONES)  # rater2: Case01 and Case04 (no reference)
+    run = tmp_path / "run-zones"
+    _write_run(run, _config(folder, noise="rater2"), in_channels=ZONES["channels"], classes=3)
+    rows = weight_map_rows(run, count=3, device="cpu")
+    # the slices with foreground in their reference: Case04 has none, so Case01's two
+    assert [row["title"] for row in rows] == ["Case01 z=1", "Case01 z=2"]
+    for row, call in zip(rows, spy, strict=True):
+        _, z = _parse(row["title"])
+        assert call["alpha"].shape == call["beta"].shape == (5, SIZE, SIZE)  # [V, h, w]: per pixel
+        np.testing.assert_array_equal(row["alpha"], call["alpha"][0].numpy())
+        np.testing.assert_array_equal(row["noisy"], arrays["Case01"]["noisy_rater2"][z] / 2)
+        np.testing.assert_array_equal(row["reference"], arrays["Case01"]["mask"][z] / 2)
+        np.testing.assert_allclose(row["image"], arrays["Case01"]["image"][z, 0], atol=1e-6)
+        assert set(np.unique(row["reference"])) == {0.0, 0.5, 1.0}
+        assert set(np.unique(row["pseudo"])) <= {0.0, 0.5, 1.0}
+        assert (row["alpha"] >= 0).all()
+        assert (row["beta"] >= 0).all()
