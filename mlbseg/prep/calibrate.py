@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -40,24 +41,38 @@ class Calibration:
     mean_dice: float
 
 
-def mean_dice(cases: Sequence[NoiseCase], strength: float) -> float:
-    """Mean per-volume Dice at strength s over the cases with foreground (1.0 if there are none)."""
-    scores = [case_dice(case, strength) for case in cases if case.stack.slices.size]
+def mean_dice(
+    cases: Sequence[NoiseCase], strength: float, blocked: Sequence[np.ndarray | None] | None = None
+) -> float:
+    """Mean per-volume Dice at strength s over the cases with foreground (1.0 if there are none).
+
+    ``blocked``: per case, the pixels its noisy mask loses to other structures (:func:`case_dice`).
+    """
+    blocked = blocked or [None] * len(cases)
+    scores = [
+        case_dice(case, strength, lost)
+        for case, lost in zip(cases, blocked, strict=True)
+        if case.stack.slices.size
+    ]
     return math.fsum(scores) / len(scores) if scores else 1.0
 
 
-def calibrate_strength(cases: Sequence[NoiseCase], target: float) -> tuple[float, float]:
+def calibrate_strength(
+    cases: Sequence[NoiseCase], target: float, blocked: Sequence[np.ndarray | None] | None = None
+) -> tuple[float, float]:
     """Bisect s ∈ [0, 1] until the mean Dice is within TOLERANCE of ``target``; (strength, mean Dice).
 
     If even s = 1 stays above the target, returns s = 1 and its mean (the caller reports the miss).
+    ``blocked`` as for :func:`mean_dice`.
     """
-    best = (1.0, mean_dice(cases, 1.0))
+    mean_dice_at = partial(mean_dice, cases, blocked=blocked)
+    best = (1.0, mean_dice_at(1.0))
     if best[1] >= target:
         return best
     low, high = 0.0, 1.0
     for _ in range(MAX_STEPS):
         middle = (low + high) / 2.0
-        value = mean_dice(cases, middle)
+        value = mean_dice_at(middle)
         if abs(value - target) < abs(best[1] - target):
             best = (middle, value)
         if abs(value - target) <= TOLERANCE:

@@ -10,7 +10,8 @@ the keys ``train_l2b``, ``meta_l2b`` and ``test``. Folder names follow MLB-Seg's
                                     reference script, docs/reference.md §7 item 34)
     OUT/split_info.mat              train_l2b, meta_l2b, test: case ids
 
-Importing reads such ``{img, label}`` volumes back into NIfTI pairs that ``mlbseg prepare`` reads. The
+Only single-channel binary datasets can be exported (that code knows nothing else). Importing reads such
+``{img, label}`` volumes back into NIfTI pairs that ``mlbseg prepare`` reads. The
 legacy files carry no geometry, so the volumes get 1 mm spacing, zero origin and identity direction.
 Loading them unpickles Python objects: only import files you trust.
 """
@@ -52,6 +53,12 @@ def export_legacy(
     if level not in LEVELS:
         raise UserError(f"--level {level}: choose one of {', '.join(LEVELS)}")
     manifest = load_manifest(prepared)
+    if len(manifest["channels"]) != 1 or len(manifest["labels"]) != 2:
+        raise UserError(
+            f"{Path(prepared) / 'manifest.json'}: the reference layout holds one channel and binary masks; "
+            f"this dataset has {len(manifest['channels'])} channel(s) and {len(manifest['labels'])} labels "
+            "(prepare it again with --channels N --binary)"
+        )
     counts = {"original_data": 0, "train": 0, "meta_train": 0}
     with atomic_folder(out, overwrite) as folder:
         for name in counts:

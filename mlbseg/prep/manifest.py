@@ -2,18 +2,22 @@
 
 ``manifest.json`` keys: ``format_version`` (:data:`FORMAT_VERSION`), ``mlbseg_version``, ``source`` (raw
 folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` ({name: value},
-values 0..K-1, background 0), ``label_mode`` (binary/merge), ``channels`` (the image channels stacked, in
-order), ``layout`` (pairs/msd), ``split`` ({train, meta, test: sorted ids}), ``noise`` ({level:
-{target, strength, mean_dice}}) and ``cases``: {id: {id, split, num_slices, original_shape (z, y, x),
-spacing (mm, z, y, x), origin (mm, x, y, z), direction (9 floats, row-major), intensity_window, source_files
-{image, mask} (relative to ``source``), and for train cases noisy_dice {L1, L2, L3}}} (geometry conventions:
-:mod:`mlbseg.prep.volumes`).
+values 0..K-1, background 0), ``label_mode`` (binary/merge/keep), ``channels`` (the image channels
+stacked, in order), ``channel_names``, ``layout`` (pairs/msd/nnunet), ``split`` ({train, meta, test:
+sorted ids}), ``noise`` ({level: {target, strength (a number, or {label name: s} for K > 2),
+mean_dice}}), ``annotations`` ({name: {source, num_cases, mean_dice}}, the given noisy annotations) and
+``cases``: {id: {id, split, has_reference, num_slices, original_shape (z, y, x), spacing (mm, z, y, x),
+origin (mm, x, y, z), direction (9 floats, row-major), intensity_window ([low, high] per channel),
+source_files {image or images, mask} (relative to ``source``), noisy_dice {L1, L2, L3 for train cases with
+a reference; annotation names where a reference exists} and, for K > 2, noisy_dice_per_class}}
+(geometry conventions: :mod:`mlbseg.prep.volumes`).
 
 ``cases/<id>.npz`` (plain ``numpy.load``, no pickle): ``image`` float32 [S, C, size, size] in [0, 1]
-(:mod:`mlbseg.prep.normalize`; C = len(channels)), ``mask`` uint8 [S, size, size] label values,
-``mask_original`` uint8 [S, H, W] (the reference at original resolution), and for train cases
-``noisy_L1``, ``noisy_L2``, ``noisy_L3`` uint8 [S, size, size] label values. Masks are deflated, images
-stored; zip timestamps are fixed, so the same input and seed give the same bytes.
+(:mod:`mlbseg.prep.normalize`; C = len(channels)), ``mask`` uint8 [S, size, size] label values and
+``mask_original`` uint8 [S, H, W] (the reference at original resolution; both absent for a case without a
+reference), ``noisy_L1``, ``noisy_L2``, ``noisy_L3`` uint8 [S, size, size] label values for train cases
+with a reference, and ``noisy_<name>`` for a given annotation. Masks are deflated, images stored; zip
+timestamps are fixed, so the same input and seed give the same bytes.
 
 A case id names files (``cases/<id>.npz`` and the outputs of other commands), so every id read from a
 manifest or a split file must be a plain file name (:func:`check_case_id`): a damaged or hostile manifest
@@ -93,7 +97,7 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_case(prepared: str | Path, case_id: str) -> dict[str, np.ndarray]:
-    """The arrays of one prepared case (``image``, ``mask``, ``mask_original``, ``noisy_L*`` for train)."""
+    """The arrays of one prepared case (``image``, ``mask``, ``mask_original``, ``noisy_*``)."""
     return load_npz(case_path(prepared, case_id))
 
 

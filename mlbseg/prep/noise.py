@@ -52,11 +52,16 @@ class NoiseDraws:
     ellipse: np.ndarray  # U(0, 1); the slice becomes an ellipse when below min(ELLIPSE_CAP, s)
 
 
-def draw_noise(seed: int, case_id: str, level: str, num_slices: int) -> NoiseDraws:
-    """Per-slice draws for ``case_id`` at ``level``, from its own seeded stream (never the global RNG)."""
+def draw_noise(seed: int, case_id: str, level: str, num_slices: int, label: int | None = None) -> NoiseDraws:
+    """Per-slice draws for ``case_id`` at ``level``, from its own seeded stream (never the global RNG).
+
+    ``label``: the class of a multi-class label map whose mask is corrupted (its own stream per class);
+    None for binary masks (the stream of (seed, level, case) alone).
+    """
     digest = hashlib.sha256(case_id.encode()).digest()
     words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-    rng = np.random.default_rng(np.random.SeedSequence([seed, LEVELS.index(level) + 1, *words]))
+    entropy = [seed, LEVELS.index(level) + 1, *words, *([] if label is None else [label])]
+    rng = np.random.default_rng(np.random.SeedSequence(entropy))
     sign = np.where(rng.random(num_slices) < 0.5, -1.0, 1.0)
     return NoiseDraws(
         angle=np.deg2rad(sign * rng.uniform(*ANGLE_RANGE_DEG, num_slices)),
@@ -226,12 +231,18 @@ def corrupt(case: NoiseCase, strength: float) -> np.ndarray:
     return noisy
 
 
-def case_dice(case: NoiseCase, strength: float) -> float:
-    """3-D Dice of the noisy vs the clean mask of ``case`` at strength s (1.0 when both are empty)."""
+def case_dice(case: NoiseCase, strength: float, blocked: np.ndarray | None = None) -> float:
+    """3-D Dice of the noisy vs the clean mask of ``case`` at strength s (1.0 when both are empty).
+
+    ``blocked``: [K, h, w] bool in the crop, pixels the noisy mask loses to another structure (the
+    higher classes of a multi-class map, :mod:`mlbseg.prep.label_noise`); None: none.
+    """
     clean = case.stack.clean
     if not clean.size:
         return 1.0
     noisy = corrupt(case, strength)
+    if blocked is not None:
+        noisy &= ~blocked
     return 2.0 * np.count_nonzero(noisy & clean) / (np.count_nonzero(noisy) + np.count_nonzero(clean))
 
 

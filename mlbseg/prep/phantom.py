@@ -10,7 +10,8 @@ base (peak nearer the base), with a tilted axis, a bright peripheral zone, a dar
 grows towards the base, an anterior stroma and a thin, faint posterolateral capsule.
 Acquisition: multiplicative smooth tissue texture, a smooth bias field (plus a coil hot spot), Rician
 noise and a scanner gain, stored as int16. Gland contrast against its surroundings is modest on purpose.
-Everything is drawn from the ``rng`` given, so one seed gives the same volume, byte for byte.
+Everything is drawn from the ``rng`` given, so one seed gives the same volume, byte for byte. The zone
+map (1 peripheral zone, 2 transition zone) and, on request, an ADC-like second channel come with it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class Phantom:
     image: np.ndarray  # int16 T2-like intensities
     mask: np.ndarray  # uint8 0/1 gland
     geometry: dict[str, list[float]]
+    zones: np.ndarray  # uint8 0 outside, 1 PZ (the peripheral shell, stroma included), 2 TZ (central zone)
+    adc: np.ndarray | None = None  # int16 ADC-like intensities (``make_phantom(..., adc=True)``)
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def _paint_pelvic_organs(rng: np.random.Generator, tissue: np.ndarray, grid: _Gr
 
 
 def _paint_gland(rng: np.random.Generator, tissue: np.ndarray, grid: _Grid, gland: _Gland) -> np.ndarray:
-    """Paint zones and capsule into [S, N, N] ``tissue``; return the [S, N, N] uint8 gland mask."""
+    """Paint zones and capsule into [S, N, N] ``tissue``; return the [S, N, N] uint8 zone map (1 PZ, 2 TZ)."""
     t = (grid.z - gland.apex) / gland.length
     inside_z = np.nonzero((t > 0) & (t < 1))[0]
     t = t[inside_z][:, None, None]  # [G, 1, 1]
@@ -170,9 +173,9 @@ def _paint_gland(rng: np.random.Generator, tissue: np.ndarray, grid: _Grid, glan
     box = (inside_z, rows, cols)
     slab = np.where(capsule, np.float32(rng.uniform(0.3, 0.42)), tissue[box])
     tissue[box] = np.where(inside, zone, slab)
-    mask = np.zeros(tissue.shape, dtype=np.uint8)
-    mask[box] = inside
-    return mask
+    zones = np.zeros(tissue.shape, dtype=np.uint8)
+    zones[box] = np.where(inside, np.where(transition, 2, 1), 0)
+    return zones
 
 
 def _span(centres: np.ndarray, middle: float, half: float) -> slice:
@@ -219,23 +222,37 @@ def _acquire(
     return noisy.astype(np.int16)
 
 
+def _adc_tissue(rng: np.random.Generator, tissue: np.ndarray, zones: np.ndarray) -> np.ndarray:
+    """[S, N, N] float32 ADC-like brightness: inverted T2 contrast outside the gland, PZ bright, TZ dark.
+
+    Healthy peripheral zone diffuses freely (high ADC), the transition zone less; so the two zones, whose
+    T2 contrast differs, differ again in the second channel, in another direction.
+    """
+    outside = np.where(tissue < 0.05, np.float32(0.03), np.float32(0.95) - np.float32(0.8) * tissue)
+    peripheral, central = np.float32(rng.uniform(0.75, 0.9)), np.float32(rng.uniform(0.4, 0.55))
+    return np.where(zones == 1, peripheral, np.where(zones == 2, central, outside)).astype(np.float32)
+
+
 def make_phantom(
     rng: np.random.Generator,
     in_plane: tuple[int, int] = (256, 512),
     slices: tuple[int, int] = (15, 54),
     fov: tuple[float, float] = FIELD_OF_VIEW_MM,
+    adc: bool = False,
 ) -> Phantom:
     """Draw one phantom.
 
     ``in_plane`` and ``slices`` bound its size (PROMISE12 sizes used when in range), ``fov`` its in-plane
-    field of view in mm (the gland is 32–52 mm wide).
+    field of view in mm (the gland is 32–52 mm wide). ``adc`` adds a second, ADC-like channel, drawn after
+    everything else, so the T2 image, the masks and the geometry do not depend on it.
     """
     grid = _grid(rng, in_plane, slices, fov)
     gland = _gland(rng, grid)
     plane, rectum = _pelvis(rng, grid, gland)
     tissue = np.repeat(plane[None], grid.z.size, axis=0)  # [S, N, N]
     _paint_pelvic_organs(rng, tissue, grid, gland)
-    mask = _paint_gland(rng, tissue, grid, gland)
+    zones = _paint_gland(rng, tissue, grid, gland)
+    mask = (zones > 0).astype(np.uint8)
     image = _acquire(rng, tissue, grid, rectum)
     shift = rng.uniform(-20, 20, 2)
     half = grid.x[0, -1]
@@ -244,4 +261,5 @@ def make_phantom(
         "origin": [float(-half + shift[0]), float(-half + shift[1]), float(rng.uniform(-60, 40))],
         "direction": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
     }
-    return Phantom(image, mask, geometry)
+    adc_image = _acquire(rng, _adc_tissue(rng, tissue, zones), grid, rectum) if adc else None
+    return Phantom(image, mask, geometry, zones, adc_image)

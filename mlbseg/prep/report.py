@@ -1,4 +1,4 @@
-"""The summary ``mlbseg prepare`` prints: cases per split and, per noise level, target vs realised Dice."""
+"""The summary ``mlbseg prepare`` prints: cases per split, noise levels and given noisy annotations."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ from rich.table import Table
 TARGET_TOLERANCE = 0.02  # the promise: realised mean Dice within ±0.02 of the paper's target
 
 
-def noise_table(noise: Mapping[str, Mapping[str, float]], dice: Mapping[str, Mapping[str, float]]) -> Table:
-    """Rows L1..L3: target, realised mean, min, max over train volumes, and the calibrated strength."""
+def noise_table(noise: Mapping[str, Mapping[str, Any]], dice: Mapping[str, Mapping[str, float]]) -> Table:
+    """Rows L1..L3: target, realised mean, min, max over train volumes, and the calibrated strength.
+
+    For K > 2 the Dice values are means over the foreground classes and the strengths one per class.
+    """
     table = Table(title="Noisy training masks (per-volume 3-D Dice, noisy vs clean)")
     for column in ("level", "target", "realised mean", "min", "max", "strength s"):
         table.add_column(column, justify="left" if column == "level" else "right")
     for level, entry in noise.items():
-        values = [case[level] for case in dice.values()]
+        values = [case[level] for case in dice.values() if level in case]
         missed = abs(entry["mean_dice"] - entry["target"]) > TARGET_TOLERANCE
         mean = f"[red]{entry['mean_dice']:.4f}[/red]" if missed else f"{entry['mean_dice']:.4f}"
         table.add_row(
@@ -26,21 +29,43 @@ def noise_table(noise: Mapping[str, Mapping[str, float]], dice: Mapping[str, Map
             mean,
             f"{min(values):.4f}",
             f"{max(values):.4f}",
-            f"{entry['strength']:.4f}",
+            _strength(entry["strength"]),
         )
     return table
 
 
+def _strength(strength: float | Mapping[str, float]) -> str:
+    """One strength (binary data), or one per class as ``PZ 0.31, TZ 0.25`` (K > 2)."""
+    if isinstance(strength, Mapping):
+        return ", ".join(f"{name} {value:.4f}" for name, value in strength.items())
+    return f"{strength:.4f}"
+
+
+def annotation_table(annotations: Mapping[str, Mapping[str, Any]]) -> Table:
+    """Rows per given annotation: cases holding it and their mean Dice against the reference."""
+    table = Table(title="Given noisy annotations (per-volume 3-D Dice vs the reference)")
+    for column in ("annotation", "cases", "mean Dice", "folder"):
+        table.add_column(column, justify="right" if column in ("cases", "mean Dice") else "left")
+    for name, entry in annotations.items():
+        mean = "no reference" if entry["mean_dice"] is None else f"{entry['mean_dice']:.4f}"
+        table.add_row(name, str(entry["num_cases"]), mean, entry["source"])
+    return table
+
+
 def print_summary(console: Console, manifest: Mapping[str, Any], prepared: str) -> None:
-    """Print what was written and the noise table; warn when a level misses its target."""
+    """Print what was written, the noise and annotation tables; warn when a level misses its target."""
     counts = ", ".join(f"{len(ids)} {name}" for name, ids in manifest["split"].items())
-    console.print(
-        f"Prepared {len(manifest['cases'])} cases ({counts}) at {manifest['slice_size']}² into {prepared}"
-    )
+    without = sum(not case.get("has_reference", True) for case in manifest["cases"].values())
+    note = f"; {without} train case(s) without a reference" if without else ""
+    size = manifest["slice_size"]
+    console.print(f"Prepared {len(manifest['cases'])} cases ({counts}{note}) at {size}² into {prepared}")
     dice = {
         case_id: case["noisy_dice"] for case_id, case in manifest["cases"].items() if "noisy_dice" in case
     }
-    console.print(noise_table(manifest["noise"], dice))
+    if manifest["noise"]:
+        console.print(noise_table(manifest["noise"], dice))
+    if manifest.get("annotations"):
+        console.print(annotation_table(manifest["annotations"]))
     for level, entry in manifest["noise"].items():
         if abs(entry["mean_dice"] - entry["target"]) > TARGET_TOLERANCE:
             console.print(

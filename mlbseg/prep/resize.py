@@ -10,7 +10,9 @@ filter of PIL's ``BILINEAR`` resize, which the reference used, and of ``torch.nn
 
 Masks are resized as float 0/1 with the same filter and thresholded at 0.5, so boundaries neither shift
 nor grow: the foreground area is preserved up to boundary rounding (the reference thresholded at ``> 0``,
-a systematic dilation, docs/reference.md §7 item 40).
+a systematic dilation, docs/reference.md §7 item 40). Label maps with several classes are resized the
+same way per class: each class's indicator is filtered as float and every pixel takes the class of the
+largest value (ties go to the lower value), which for two classes is the 0.5 threshold again.
 """
 
 from __future__ import annotations
@@ -56,3 +58,24 @@ def resize_slices(stack: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize a [S, H, W] 0/1 mask to ``size``: filter it as float, keep values > 0.5; uint8 0/1."""
     return (resize_slices(mask, size) > 0.5).astype(np.uint8)
+
+
+def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a [S, H, W] label map (values 0..K-1) to ``size``; uint8 [S, h, w] label values.
+
+    Each class's indicator is filtered as float (:func:`resize_slices`) and the argmax over classes is
+    kept; ``numpy.argmax`` returns the first maximum, so ties go to the lower value. Classes absent from
+    ``labels`` filter to exactly 0 and can never win, so K is ``labels.max() + 1`` of this map alone.
+
+    Example:
+        >>> resize_labels(np.array([[[0, 1, 2, 2]]], dtype=np.uint8), (1, 2))
+        array([[[0, 2]]], dtype=uint8)
+    """
+    best = resize_slices(labels == 0, size)  # [S, h, w] share of the class with the largest share so far
+    result = np.zeros(best.shape, dtype=np.uint8)
+    for value in range(1, int(labels.max(initial=0)) + 1):  # K passes, each vectorised over the stack
+        share = resize_slices(labels == value, size)
+        larger = share > best
+        result[larger] = value
+        best = np.where(larger, share, best)
+    return result

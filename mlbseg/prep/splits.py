@@ -4,13 +4,16 @@ Three ways (``mlbseg prepare --split``):
 
 - ``paper``: the published PROMISE12 split (docs/reference.md §6.2): 37 train, 3 meta, 10 test; needs
   Case00–Case49 (other cases present are left out);
-- ``random``: the same 37/3/10 proportions of any number (≥ 3) of cases, at least one per split, drawn
-  from ``SeedSequence(seed, spawn_key=(1,))`` over the sorted ids (independent of listing order);
+- ``random``: meta and test drawn from the cases with a reference mask, ``SeedSequence(seed,
+  spawn_key=(1,))`` over their sorted ids (independent of listing order), ``--meta N`` and ``--test N``
+  of them, by default the 37/3/10 proportions of those cases (rounded, at least one each); every other
+  case (those without a reference included) trains;
 - a YAML or JSON file with the keys ``train``, ``meta`` and ``test``, each a non-empty list of case ids
   (plain file names: :func:`~mlbseg.prep.manifest.check_case_id`).
 
 A split is ``{"train": [...], "meta": [...], "test": [...]}`` with sorted ids; cases in none of the
-three lists are not prepared.
+three lists are not prepared. Meta and test cases need a reference mask; a case without one (only a
+noisy annotation) can only train.
 """
 
 from __future__ import annotations
@@ -57,21 +60,54 @@ def paper_split(available: Sequence[str]) -> Split:
     return {"train": train, "meta": sorted(PAPER_META), "test": sorted(PAPER_TEST)}
 
 
-def random_split(available: Sequence[str], seed: int) -> Split:
-    """37/3/10 proportions of ``available`` (rounded, at least one case each), seeded.
+def _sizes(eligible: int, available: int, meta: int | None, test: int | None) -> dict[str, int]:
+    """Meta and test counts: as given, else the 37/3/10 proportions of ``eligible`` (rounded, at least 1)."""
+    given = {"meta": meta, "test": test}
+    sizes = {
+        name: given[name] if given[name] is not None else max(1, int(np.floor(eligible * share + 0.5)))
+        for name, share in PROPORTIONS.items()
+    }
+    if min(sizes.values()) < 1:
+        raise UserError(f"--meta {sizes['meta']} --test {sizes['test']}: expected at least one case each")
+    if sizes["meta"] + sizes["test"] > eligible or sizes["meta"] + sizes["test"] >= available:
+        raise UserError(
+            f"--meta {sizes['meta']} --test {sizes['test']}: only {eligible} case(s) have a reference mask "
+            f"(meta and test need one) and at least one of the {available} must be left to train"
+        )
+    return sizes
+
+
+def random_split(
+    available: Sequence[str],
+    seed: int,
+    *,
+    referenced: Sequence[str] | None = None,
+    meta: int | None = None,
+    test: int | None = None,
+) -> Split:
+    """Meta and test drawn from ``referenced`` (default: all), seeded; every other case trains.
+
+    The counts are ``meta`` and ``test``, by default the 37/3/10 proportions of the referenced cases
+    (rounded, at least one each).
 
     Example:
         >>> {name: len(ids) for name, ids in random_split([f"c{i}" for i in range(50)], seed=0).items()}
         {'train': 37, 'meta': 3, 'test': 10}
     """
     ids = sorted(available)
-    if len(ids) < 3:
-        raise UserError(f"--split random needs at least 3 cases (one per split); found {len(ids)}")
-    sizes = {name: max(1, int(np.floor(len(ids) * share + 0.5))) for name, share in PROPORTIONS.items()}
+    eligible = ids if referenced is None else sorted(referenced)
+    if len(ids) < 3 or len(eligible) < 2:
+        raise UserError(
+            f"--split random needs at least 3 cases (one per split), two with a reference mask; found "
+            f"{len(ids)}, {len(eligible)} with a reference"
+        )
+    sizes = _sizes(len(eligible), len(ids), meta, test)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_RANDOM_SPLIT_STREAM,)))
-    order = [ids[i] for i in rng.permutation(len(ids))]
-    meta, test = order[: sizes["meta"]], order[sizes["meta"] : sizes["meta"] + sizes["test"]]
-    return {"train": sorted(order[len(meta) + len(test) :]), "meta": sorted(meta), "test": sorted(test)}
+    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    meta_ids, test_ids = order[: sizes["meta"]], order[sizes["meta"] : sizes["meta"] + sizes["test"]]
+    held_out = set(meta_ids) | set(test_ids)
+    train = [case for case in ids if case not in held_out]
+    return {"train": train, "meta": sorted(meta_ids), "test": sorted(test_ids)}
 
 
 def _read_split_file(path: Path) -> dict:
@@ -111,13 +147,43 @@ def file_split(path: Path, available: Sequence[str]) -> Split:
     return split
 
 
-def make_split(spec: str, available: Sequence[str], seed: int) -> Split:
-    """Resolve ``--split`` (``paper``, ``random`` or a file path) against the ``available`` case ids."""
-    if spec == "paper":
-        return paper_split(available)
+def _check_references(split: Split, referenced: Sequence[str], source: str) -> None:
+    """Meta and test cases need a reference mask; UserError naming ``source`` (the split file or option)."""
+    lacking = sorted(set(split["meta"] + split["test"]) - set(referenced))
+    if lacking:
+        raise UserError(
+            f"{source}: case(s) without a reference mask in meta or test: {', '.join(lacking[:5])}; "
+            "such cases can only train"
+        )
+
+
+def make_split(
+    spec: str,
+    available: Sequence[str],
+    seed: int,
+    *,
+    referenced: Sequence[str] | None = None,
+    meta: int | None = None,
+    test: int | None = None,
+) -> Split:
+    """Resolve ``--split`` (``paper``, ``random`` or a file path) against the ``available`` case ids.
+
+    ``referenced``: the ids with a reference mask (default: all), the only ones meta and test may hold;
+    ``meta``, ``test``: the counts of a random split (``--meta``, ``--test``; random split only).
+    """
+    if (meta is not None or test is not None) and spec != "random":
+        raise UserError(f"--meta/--test set the counts of --split random; --split {spec} fixes its own")
+    referenced = sorted(available) if referenced is None else referenced
     if spec == "random":
-        return random_split(available, seed)
-    path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"--split {spec}: expected 'paper', 'random' or a YAML/JSON split file; no such file")
-    return file_split(path, available)
+        return random_split(available, seed, referenced=referenced, meta=meta, test=test)
+    if spec == "paper":
+        split, source = paper_split(available), "--split paper"
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(
+                f"--split {spec}: expected 'paper', 'random' or a YAML/JSON split file; no such file"
+            )
+        split, source = file_split(path, available), str(path)
+    _check_references(split, referenced, source)
+    return split

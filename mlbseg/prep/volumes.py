@@ -234,6 +234,26 @@ def read_header(path: str | Path) -> tuple[tuple[int, int, int], Geometry]:
     return size, geometry_of(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())  # type: ignore[return-value]
 
 
+def _read(path: Path, channels: Sequence[int] | None) -> tuple[np.ndarray, Geometry]:
+    """Voxels [C, Z, Y, X] (C = 1 for ``channels`` None: a 3-D file) and geometry (:func:`read_channels`)."""
+    reader = _open(path)
+    dim, size = reader.GetDimension(), reader.GetSize()
+    if reader.GetNumberOfComponents() != 1 or dim not in ((3,) if channels is None else (3, 4)):
+        expected = "a 3-D" if channels is None else "a 3-D or 4-D (multi-channel)"
+        raise UserError(f"{path}: expected {expected} scalar volume, got size {size}")
+    available = 1 if dim == 3 else size[3]
+    wrong = [channel for channel in channels or () if not 0 <= channel < available]
+    if wrong and dim == 3:
+        raise UserError(f"{path}: is a 3-D volume with one channel; --channel {wrong[0]} does not exist")
+    if wrong:
+        raise UserError(f"{path}: has {available} channels (0..{available - 1}); got --channel {wrong[0]}")
+    array = _voxels(path, reader)  # [Z, Y, X] or [C, Z, Y, X]
+    array = array[None] if dim == 3 else np.ascontiguousarray(array[list(channels or ())])
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{path}: the image contains NaN or inf values; replace them with finite numbers")
+    return array, geometry_of(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
 def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a 3-D volume, or one channel of a 4-D one (MSD Task05: 0 = T2, 1 = ADC).
 
@@ -250,22 +270,18 @@ def read_volume(path: str | Path, channel: int | None = None) -> tuple[np.ndarra
         UserError: missing or unreadable file (bad header, truncated or corrupt data), not a 3-D (or, with
             a channel, 4-D) scalar volume, no such channel, NaN or inf voxels (in the channel read).
     """
-    path = Path(path)
-    reader = _open(path)
-    dim, size = reader.GetDimension(), reader.GetSize()
-    if reader.GetNumberOfComponents() != 1 or dim not in ((3,) if channel is None else (3, 4)):
-        expected = "a 3-D" if channel is None else "a 3-D or 4-D (multi-channel)"
-        raise UserError(f"{path}: expected {expected} scalar volume, got size {size}")
-    if dim == 3 and channel not in (None, 0):
-        raise UserError(f"{path}: is a 3-D volume with one channel; --channel {channel} does not exist")
-    if dim == 4 and not 0 <= channel < size[3]:  # type: ignore[operator]
-        raise UserError(f"{path}: has {size[3]} channels (0..{size[3] - 1}); got --channel {channel}")
-    array = _voxels(path, reader)  # [Z, Y, X] or [C, Z, Y, X]
-    if dim == 4:
-        array = np.ascontiguousarray(array[channel])
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise UserError(f"{path}: the image contains NaN or inf values; replace them with finite numbers")
-    return array, geometry_of(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    array, geometry = _read(Path(path), None if channel is None else (channel,))
+    return array[0], geometry
+
+
+def read_channels(path: str | Path, channels: Sequence[int]) -> tuple[np.ndarray, Geometry]:
+    """Read several channels of a 4-D volume at once (a 3-D file has only channel 0).
+
+    Returns:
+        ``(array, geometry)``: [C, Z, Y, X] in the file's dtype, C = len(channels), in the order given;
+        the errors are those of :func:`read_volume` (NaN and inf count only in the channels read).
+    """
+    return _read(Path(path), tuple(channels))
 
 
 def write_volume(path: str | Path, array: np.ndarray, geometry: Geometry, compress: bool = False) -> None:

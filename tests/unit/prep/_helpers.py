@@ -1,8 +1,10 @@
 """Tiny raw datasets for the prep tests, written in the native formats."""
 
+import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from mlbseg.prep.volumes import write_volume
 
@@ -35,3 +37,33 @@ def write_pairs(folder: Path, count=3, shape=(6, 24, 24), suffix=".mhd", geometr
         write_volume(folder / f"Case{index:02d}{suffix}", image, geometry)
         write_volume(folder / f"Case{index:02d}_segmentation{suffix}", mask, geometry)
     return folder
+
+
+def zones_mask(shape, seed):
+    """A [S, H, W] uint8 label map with 1 (a shell) around 2 (a core), from :func:`blob_mask`."""
+    gland = blob_mask(shape, seed)
+    core = ndimage.binary_erosion(gland, np.ones((1, 5, 5), bool))
+    return (gland + core).astype(np.uint8)
+
+
+def write_nnunet(root: Path, count=4, shape=(6, 24, 24), *, ending=".nii.gz", labels=None, channels=None):
+    """An nnU-Net v2 raw dataset: dataset.json, imagesTr/case_NNN_000{0,1}, labelsTr/case_NNN (0/1/2)."""
+    labels = labels or {"background": 0, "PZ": 1, "TZ": 2}
+    channels = channels or {"0": "T2", "1": "ADC"}
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        zones = zones_mask(shape, index)
+        rng = np.random.default_rng(index)
+        for channel in range(len(channels)):
+            contrast = (300.0, 120.0) if channel == 0 else (-50.0, 80.0)
+            image = rng.normal(200, 20, shape) + contrast[0] * (zones == 1) + contrast[1] * (zones == 2)
+            write_volume(
+                root / "imagesTr" / f"case_{index:03d}_{channel:04d}{ending}",
+                image.astype(np.float32),
+                GEOMETRY,
+            )
+        write_volume(root / "labelsTr" / f"case_{index:03d}{ending}", zones, GEOMETRY)
+    spec = {"channel_names": channels, "labels": labels, "numTraining": count, "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root

@@ -102,7 +102,9 @@ def _pair(tmp_path, **mask_geometry):
     write_volume(
         tmp_path / "Case00_segmentation.mhd", np.zeros(SHAPE, np.uint8), {**GEOMETRY, **mask_geometry}
     )
-    return CaseSource("Case00", tmp_path / "Case00.mhd", tmp_path / "Case00_segmentation.mhd")
+    return CaseSource(
+        "Case00", (tmp_path / "Case00.mhd",), tmp_path / "Case00_segmentation.mhd", "Case00_segmentation.mhd"
+    )
 
 
 ROTATED = [0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
@@ -141,7 +143,9 @@ def test_mask_grid_within_tolerance_is_accepted(tmp_path):
 def test_mask_shape_mismatch_from_the_headers(tmp_path):
     write_volume(tmp_path / "a.nii.gz", VOLUME, GEOMETRY)
     write_volume(tmp_path / "a_segmentation.nii.gz", np.zeros((6, 24, 20), np.uint8), GEOMETRY)
-    source = CaseSource("a", tmp_path / "a.nii.gz", tmp_path / "a_segmentation.nii.gz")
+    source = CaseSource(
+        "a", (tmp_path / "a.nii.gz",), tmp_path / "a_segmentation.nii.gz", "a_segmentation.nii.gz"
+    )
     with pytest.raises(
         UserError, match=r"mask shape \(z, y, x\) \(6, 24, 20\) differs from its image's \(6, 24, 24\)"
     ):

@@ -14,7 +14,7 @@ from mlbseg.prep.manifest import load_case
 from mlbseg.prep.prepare import prepare_dataset
 from mlbseg.prep.volumes import read_volume, write_volume
 
-from ._helpers import write_pairs
+from ._helpers import write_nnunet, write_pairs
 
 DATA_PREP = Path(__file__).parents[3] / "data_prep"
 
@@ -94,3 +94,16 @@ def test_promise12_parts_are_merged_by_symlinks(tmp_path):
     with pytest.raises(UserError, match="parts must not overlap"):
         merge.merge_parts([parts[0], parts[0]], tmp_path / "again", copy=True)
     assert not (tmp_path / "again").exists()
+
+
+def test_export_refuses_multi_channel_or_multi_class_data(tmp_path):
+    raw = write_nnunet(tmp_path / "raw", count=4)
+    prepare_dataset(raw, tmp_path / "zones", size=16)
+    with pytest.raises(
+        UserError, match=r"manifest\.json: the reference layout holds one channel and binary masks"
+    ):
+        export_legacy(tmp_path / "zones", tmp_path / "legacy")
+    prepare_dataset(raw, tmp_path / "two", size=16, channels=(0, 1), labels="merge")
+    with pytest.raises(UserError, match=r"this dataset has 2 channel\(s\) and 2 labels"):
+        export_legacy(tmp_path / "two", tmp_path / "legacy")
+    assert not (tmp_path / "legacy").exists()

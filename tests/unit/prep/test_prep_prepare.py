@@ -142,8 +142,8 @@ def test_msd_layout_merges_zones_and_selects_the_channel(tmp_path):
     assert case["spacing"] == pytest.approx([3.6, 0.6, 0.6])
     arrays = load_case(tmp_path / "p", "prostate_01")
     np.testing.assert_array_equal(arrays["mask_original"], blob_mask((5, 20, 24), 1))
-    adc = prepare_dataset(tmp_path / "Task05", tmp_path / "adc", size=16, channel=1)
-    assert adc["cases"]["prostate_01"]["intensity_window"] == [1000.0, 1000.0]
+    adc = prepare_dataset(tmp_path / "Task05", tmp_path / "adc", size=16, channels=(1,))
+    assert adc["cases"]["prostate_01"]["intensity_window"] == [[1000.0, 1000.0]]
     with pytest.raises(UserError, match=r"prostate_00\.nii\.gz: mask has values other than 0 and 1 \(2\)"):
         prepare_dataset(tmp_path / "Task05", tmp_path / "binary", size=16, labels="binary")
     assert not (tmp_path / "binary").exists()
@@ -153,7 +153,7 @@ def test_nifti_pairs_and_option_checks(tmp_path):
     raw = write_pairs(tmp_path / "raw", count=3, suffix=".nii")
     manifest = prepare_dataset(raw, tmp_path / "p", size=16, split="random")
     assert manifest["cases"]["Case02"]["source_files"]["mask"] == "Case02_segmentation.nii"
-    with pytest.raises(UserError, match="--labels maybe: choose one of auto, binary, merge"):
+    with pytest.raises(UserError, match="--labels maybe: choose one of auto, binary, merge, keep"):
         prepare_dataset(raw, tmp_path / "q", labels="maybe")
     with pytest.raises(UserError, match="--split paper needs PROMISE12 cases"):
         prepare_dataset(raw, tmp_path / "q", split="paper")

@@ -1,5 +1,7 @@
 """`mlbseg synth` phantoms: PROMISE12 layout and geometry, a real gland, deterministic bytes."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -98,3 +100,63 @@ def test_a_field_of_view_below_80_mm_is_refused(tmp_path):
     with pytest.raises(UserError, match="--fov 60 90"):
         write_phantoms(tmp_path / "x", cases=1, in_plane=(32, 32), slices=(4, 4), fov=(60.0, 90.0))
     assert not (tmp_path / "x").exists()
+
+
+def _dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_zones_are_an_nnunet_dataset_of_the_same_phantoms_with_two_contrasts(tmp_path):
+    small = {"in_plane": (128, 128), "slices": (6, 8), "seed": 4}
+    write_phantoms(tmp_path / "pairs", cases=2, **small)
+    ids = write_phantoms(tmp_path / "zones", cases=2, zones=True, rater=tmp_path / "rater", **small)
+    assert ids == ["case_000", "case_001"]
+    zones = tmp_path / "zones"
+    spec = json.loads((zones / "dataset.json").read_text())
+    assert spec["channel_names"] == {"0": "T2", "1": "ADC"}
+    assert spec["labels"] == {"background": 0, "PZ": 1, "TZ": 2}
+    assert (spec["numTraining"], spec["file_ending"]) == (2, ".nii.gz")
+    assert sorted(p.name for p in (zones / "imagesTr").iterdir()) == [
+        f"case_00{i}_000{c}.nii.gz" for i in range(2) for c in range(2)
+    ]
+    t2, geometry = read_volume(zones / "imagesTr" / "case_001_0000.nii.gz")
+    adc, _ = read_volume(zones / "imagesTr" / "case_001_0001.nii.gz")
+    labels, _ = read_volume(zones / "labelsTr" / "case_001.nii.gz")
+    image, pairs_geometry = read_volume(tmp_path / "pairs" / "Case01.mhd")
+    mask, _ = read_volume(tmp_path / "pairs" / "Case01_segmentation.mhd")
+    np.testing.assert_array_equal(t2, image)  # the T2 channel is the default phantom, drawn the same way
+    np.testing.assert_array_equal(labels > 0, mask.astype(bool))
+    assert geometry["spacing"] == pytest.approx(pairs_geometry["spacing"])
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert t2[labels == 1].mean() > t2[labels == 2].mean()  # T2: PZ brighter than TZ
+    assert adc[labels == 1].mean() > 1.3 * adc[labels == 2].mean()  # ADC: again, by more
+    assert abs(np.corrcoef(t2.ravel(), adc.ravel())[0, 1]) < 0.9  # another contrast, not a scaled copy
+    rater, rater_geometry = read_volume(tmp_path / "rater" / "case_001.nii.gz")
+    assert rater.shape == labels.shape
+    assert rater_geometry["origin"] == pytest.approx(geometry["origin"])
+    assert set(np.unique(rater)) <= {0, 1, 2}
+    for value in (1, 2):
+        assert 0.5 < _dice(rater == value, labels == value) < 0.99
+
+
+def test_rater_masks_are_named_like_the_references_and_seeded(tmp_path):
+    small = {"in_plane": (64, 64), "slices": (8, 10), "seed": 1}
+    write_phantoms(tmp_path / "raw", cases=3, rater=tmp_path / "rater", **small)
+    write_phantoms(tmp_path / "again", cases=3, rater=tmp_path / "rater2", **small)
+    names = sorted(p.name for p in (tmp_path / "rater").iterdir())
+    assert names == [f"Case0{i}_segmentation.{e}" for i in range(3) for e in ("mhd", "raw")]
+    dice = []
+    for index in range(3):
+        reference, geometry = read_volume(tmp_path / "raw" / f"Case0{index}_segmentation.mhd")
+        rater, rater_geometry = read_volume(tmp_path / "rater" / f"Case0{index}_segmentation.mhd")
+        assert rater_geometry == geometry
+        assert set(np.unique(rater)) <= {0, 1}
+        assert (tmp_path / "rater2" / f"Case0{index}_segmentation.raw").read_bytes() == (
+            tmp_path / "rater" / f"Case0{index}_segmentation.raw"
+        ).read_bytes()
+        dice.append(_dice(rater.astype(bool), reference.astype(bool)))
+    assert min(dice) > 0.6, dice
+    assert max(dice) < 0.99, dice
+    with pytest.raises(UserError, match="already exists; pass --overwrite"):
+        write_phantoms(tmp_path / "new", cases=1, rater=tmp_path / "rater", **small)
+    assert not (tmp_path / "new").exists()
