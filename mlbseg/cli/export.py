@@ -1,4 +1,4 @@
-"""``mlbseg export model``: write a trained model in a form that other tools run without mlbseg."""
+"""``mlbseg export model|nnunet``: a trained model, or a prepared dataset's noisy labels, for other tools."""
 
 from __future__ import annotations
 
@@ -9,18 +9,13 @@ import typer
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
-    help="Export a trained model (torch.export program) for use without mlbseg.",
+    help="Export a trained model (torch.export program) or a prepared dataset (nnU-Net v2 raw dataset).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-
-@app.callback()
-def _group() -> None:  # a callback keeps `export` a group of commands while it has only one
-    """Export a trained model (torch.export program) for use without mlbseg."""
 
 
 def model(
@@ -42,4 +37,33 @@ def model(
     typer.echo(f"wrote {out}")
 
 
+def nnunet(
+    prepared: Path = typer.Argument(..., help="A folder written by `mlbseg prepare`."),
+    out: Path = typer.Argument(
+        ..., help="The nnU-Net v2 raw dataset folder to write (e.g. Dataset501_Noisy)."
+    ),
+    noise: str = typer.Option(
+        ..., "--noise", help="Labels of the train cases: L1, L2, L3, clean or a given annotation's name."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT."),
+) -> None:
+    """The prepared dataset as an nnU-Net v2 raw dataset: train cases with the chosen noisy labels.
+
+    Meta cases go to labelsTr with their clean reference (MLB-Seg trains on them too), test cases' images to
+    imagesTs; everything at the prepared slice grid, where the noisy labels exist. Train nnU-Net on it for
+    a supervised baseline on exactly the labels MLB-Seg sees.
+    """
+    from mlbseg.prep.nnunet_export import export_nnunet
+
+    counts = export_nnunet(prepared, out, noise=noise, overwrite=overwrite)
+    left_out = (
+        f", {counts['left_out']} train case(s) without {noise} labels left out" if counts["left_out"] else ""
+    )
+    typer.echo(
+        f"wrote {out}: {counts['train']} train + {counts['meta']} meta cases in labelsTr, "
+        f"{counts['test']} test cases in imagesTs{left_out}"
+    )
+
+
 app.command("model")(reports_user_errors(model))
+app.command("nnunet")(reports_user_errors(nnunet))

@@ -64,3 +64,29 @@ def test_bad_options_and_annotations_are_one_line_errors(zones, tmp_path):
     _one_line(runner.invoke(app, [*prepare, "--binary", "--labels", "keep"]), "--binary means --labels merge")
     _one_line(runner.invoke(app, [*prepare, "--meta", "5", "--test", "1"]), "only 6 case(s) have a reference")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rater2"]
+
+
+def test_export_nnunet_writes_the_chosen_labels_and_refuses_an_existing_folder(zones, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(zones / "raw", raw)
+    (raw / "labelsTr" / "case_005.nii.gz").unlink()  # a train case the rater alone annotated
+    prepared = tmp_path / "prepared"
+    args = ["prepare", str(raw), str(prepared), "--size", "32", "--meta", "1", "--test", "1"]
+    assert runner.invoke(app, [*args, "--noisy-labels", str(zones / "rater2")]).exit_code == 0
+    out = tmp_path / "Dataset501_Rater2"
+    result = runner.invoke(app, ["export", "nnunet", str(prepared), str(out), "--noise", "rater2"])
+    assert result.exit_code == 0, result.output
+    assert "4 train + 1 meta cases in labelsTr, 1 test cases in imagesTs" in result.stdout
+    spec = json.loads((out / "dataset.json").read_text())
+    assert spec["numTraining"] == len(list((out / "labelsTr").iterdir())) == 5
+    assert spec["labels"] == {"background": 0, "PZ": 1, "TZ": 2}
+    result = runner.invoke(app, ["export", "nnunet", str(prepared), str(tmp_path / "l2"), "--noise", "L2"])
+    assert result.exit_code == 0, result.output
+    assert "1 train case(s) without L2 labels left out" in result.stdout  # case_005 has no reference
+    again = runner.invoke(app, ["export", "nnunet", str(prepared), str(out), "--noise", "rater2"])
+    assert again.exit_code == 2
+    assert "already exists; pass --overwrite" in again.output
+    unknown = runner.invoke(app, ["export", "nnunet", str(prepared), str(tmp_path / "x"), "--noise", "L7"])
+    assert unknown.exit_code == 2
+    assert "--noise L7: choose one of" in unknown.output
+    assert not (tmp_path / "x").exists()
