@@ -337,7 +337,9 @@ def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
         paths += write_overlays(run_dir, cases=[case], slices=[], split="train", out=target, overwrite=True)
     rows = weight_map_rows(runs["mlbseg"], checkpoint="last", count=4, seed=0)
     paths.append(weight_map_figure(rows, folder / "weights.png", overwrite=True))
-    metrics = {_label(method): read_metrics_csv(run_dir / "metrics.csv") for method, run_dir in runs.items()}
+    metrics = {
+        _label(method): [read_metrics_csv(run_dir / "metrics.csv")] for method, run_dir in runs.items()
+    }
     chosen = ["train_dice_reference", "val_dice"]  # the losses of the two methods are not comparable
     paths.append(curves_figure(metrics, folder / "curves.png", chosen, overwrite=True))
     return paths

@@ -1,17 +1,56 @@
 """Figures of trained runs: gathers a run's arrays through its task and draws them with :mod:`mlbseg.figures`.
 
 :mod:`mlbseg.figures` is a drawing layer (arrays in, file out) that knows no task; this module sits above the
-tasks and feeds it: the Figure-5 overlays of prepared cases predicted by a segmentation run.
+tasks and feeds it: the Figure-5 overlays of prepared cases predicted by a segmentation run, and the per-case
+results of a repeat's segmentation runs.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 from mlbseg.errors import UserError
+from mlbseg.figures import check_figure_path
 from mlbseg.figures.overlay import default_slices, overlay_figure
+from mlbseg.seg.config import METHODS
 from mlbseg.seg.data import split_cases
 from mlbseg.seg.predict import case_layers, load_predictor
+
+SUMMARY = "summary.json"
+
+
+def repeat_case_values(repeat_dir: Path, metric: str) -> dict[str, dict[str, list[float]]]:
+    """``{noise: {method: [metric per (seed, case)]}}`` from the ``summary.json`` of a repeat's runs.
+
+    Only summaries of the ``final`` checkpoint count (those ``mlbseg repeat`` reports); a case's missing
+    value (JSON null: HD95 of an empty prediction) is infinite. Methods are ordered as ``METHODS`` lists
+    them (baseline first), noise levels by name.
+
+    Raises:
+        UserError: ``repeat_dir`` is not a folder or holds no segmentation run with a final summary.
+    """
+    if not repeat_dir.is_dir():
+        raise UserError(f"{repeat_dir}: no such folder; give the --out folder of `mlbseg repeat`")
+    found: dict[str, dict[str, list[float]]] = {}
+    for path in sorted(repeat_dir.glob(f"*/{SUMMARY}")):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            if summary.get("checkpoint") != "final" or summary.get("method") not in METHODS:
+                continue
+            values = [case[metric] for case in summary["cases"].values()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{path}: not a segmentation summary; run `mlbseg evaluate` again") from None
+        runs = found.setdefault(str(summary["noise"]), {}).setdefault(summary["method"], [])
+        runs.extend(math.inf if value is None else float(value) for value in values)
+    if not found:
+        raise UserError(f"{repeat_dir}: no segmentation run with a final {SUMMARY}; is it a repeat's folder?")
+    order = list(METHODS)
+    return {
+        noise: {method: found[noise][method] for method in sorted(found[noise], key=order.index)}
+        for noise in sorted(found)
+    }
 
 
 def write_overlays(
@@ -25,7 +64,7 @@ def write_overlays(
     device: str = "auto",
     overwrite: bool = False,
 ) -> list[Path]:
-    """Figure-5 overlays of prepared cases at the prepared size, one PNG per case.
+    """Figure-5 overlays of prepared cases at the prepared size, one figure per case.
 
     Test cases show the reference (red) and the prediction (cyan); train cases add the run's noisy label
     (yellow), as in the paper's Figure 5. With K > 2 labels each class has its colour and each layer its
@@ -34,8 +73,8 @@ def write_overlays(
     ``RUN_DIR/figures/overlay_<case>.png``.
 
     Raises:
-        UserError: Unknown split or case, ``out`` with several cases, a slice out of range, an existing PNG
-            without ``overwrite`` (checked before drawing).
+        UserError: Unknown split or case, ``out`` with several cases or another extension than PNG, PDF or
+            SVG, a slice out of range, an existing figure without ``overwrite`` (checked before drawing).
     """
     if split not in ("train", "test"):
         raise UserError(f"--split: {split!r} is not a split to draw; use test or train")
@@ -47,11 +86,10 @@ def write_overlays(
     if unknown:
         raise UserError(f"--cases: {', '.join(unknown)} not in the {split} split of {prepared}: {available}")
     if out is not None and len(chosen) != 1:
-        raise UserError("--out: names one PNG; choose one case with --cases, or leave --out out")
+        raise UserError("--out: names one figure; choose one case with --cases, or leave --out out")
     targets = [out] if out is not None else [run_dir / "figures" / f"overlay_{case}.png" for case in chosen]
     for target in targets:
-        if target.exists() and not overwrite:
-            raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+        check_figure_path(target, overwrite=overwrite)
     noise = predictor.cfg.data.noise
     noisy_key = f"noisy_{noise}" if split == "train" and noise != "clean" else None
     for case, target in zip(chosen, targets, strict=True):

@@ -1,4 +1,8 @@
-"""``mlbseg figure overlay|weights|curves|cls-weights``: Figure-5 overlays, α/β maps, curves, Fig. 4."""
+"""``mlbseg figure overlay|weights|curves|compare|cls-weights``: overlays, α/β maps, curves, per-case boxes.
+
+Every command writes PNG, PDF or SVG by the ``--out`` extension (other extensions are refused before any
+work); defaults are PNG.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ import typer
 from mlbseg.cli._errors import reports_user_errors
 
 app = typer.Typer(
-    help="Figures as PNG: Figure-5 overlays, α/β weight maps, training curves, classifier α/β (Fig. 4).",
+    help="Figures as PNG, PDF or SVG (by the --out extension): Figure-5 overlays, α/β weight maps, "
+    "training curves, per-case comparisons of a repeat, classifier α/β (Fig. 4).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -17,7 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing PNG.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing figure.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
 
 
@@ -39,7 +44,7 @@ def overlay(
     ),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, last, or a checkpoint path."),
     out: Path | None = typer.Option(
-        None, "--out", help="PNG for one case; default RUN_DIR/figures/overlay_<case>.png."
+        None, "--out", help="PNG, PDF or SVG for one case; default RUN_DIR/figures/overlay_<case>.png."
     ),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
@@ -75,18 +80,18 @@ def weights(
     seed: int = typer.Option(
         0, "--seed", min=0, help="Seed of the slice choice, augmentation and meta batch."
     ),
-    out: Path | None = typer.Option(None, "--out", help="PNG; default RUN_DIR/figures/weights.png."),
+    out: Path | None = typer.Option(
+        None, "--out", help="PNG, PDF or SVG; default RUN_DIR/figures/weights.png."
+    ),
     device: str = DEVICE,
     overwrite: bool = OVERWRITE,
 ) -> None:
     """α (noisy label) and β (pseudo-label) maps of one meta-weighting step, next to image and labels."""
-    from mlbseg.errors import UserError
+    from mlbseg.figures import check_figure_path
     from mlbseg.figures.weights import weight_map_figure
     from mlbseg.seg.weight_maps import weight_map_rows
 
-    target = out or run_dir / "figures" / "weights.png"
-    if target.exists() and not overwrite:
-        raise UserError(f"{target}: already exists; pass --overwrite to replace it")
+    target = check_figure_path(out or run_dir / "figures" / "weights.png", overwrite=overwrite)
     rows = weight_map_rows(run_dir, checkpoint=checkpoint, count=count, seed=seed, device=device)
     typer.echo(f"wrote {weight_map_figure(rows, target, overwrite=overwrite)}")
 
@@ -96,25 +101,57 @@ def curves(
     metrics: list[str] = typer.Option(
         [], "--metrics", help="metrics.csv columns, e.g. loss,val_dice,alpha_mean; default: loss,val_dice."
     ),
+    labels: list[str] = typer.Option(
+        [],
+        "--label",
+        help="One label per run (repeat or comma list), e.g. mlbseg,mlbseg,baseline; runs sharing a label "
+        "are drawn as mean ± std. Default: each run's folder name.",
+    ),
     out: Path | None = typer.Option(
-        None, "--out", help="PNG; default RUN_DIR/figures/curves.png for one run."
+        None, "--out", help="PNG, PDF or SVG; default RUN_DIR/figures/curves.png for one run."
     ),
     overwrite: bool = OVERWRITE,
 ) -> None:
-    """One panel per metric, one line per run, against the epoch."""
+    """One panel per metric, one line per label (mean ± std band over its runs), against the epoch."""
     from mlbseg.errors import UserError
+    from mlbseg.figures import check_figure_path
     from mlbseg.figures.curves import curves_figure, read_metrics_csv
 
     if out is None and len(run_dirs) > 1:
-        raise UserError("--out: several runs make one figure; name its PNG with --out")
-    target = out or run_dirs[0] / "figures" / "curves.png"
-    names = [path.name for path in run_dirs]
-    labels = names if len(set(names)) == len(names) else [str(path) for path in run_dirs]
-    runs = {
-        label: read_metrics_csv(path / "metrics.csv") for label, path in zip(labels, run_dirs, strict=True)
-    }
+        raise UserError("--out: several runs make one figure; name its file with --out")
+    target = check_figure_path(out or run_dirs[0] / "figures" / "curves.png", overwrite=overwrite)
+    names = _items(labels)
+    if names and len(names) != len(run_dirs):
+        raise UserError(f"--label: {len(names)} label(s) for {len(run_dirs)} run(s); give one per run")
+    if not names:
+        folders = [path.name for path in run_dirs]
+        names = folders if len(set(folders)) == len(folders) else [str(path) for path in run_dirs]
+    runs: dict[str, list] = {}
+    for name, path in zip(names, run_dirs, strict=True):
+        runs.setdefault(name, []).append(read_metrics_csv(path / "metrics.csv"))
     chosen = _items(metrics) or ["loss", "val_dice"]
     typer.echo(f"wrote {curves_figure(runs, target, chosen, overwrite=overwrite)}")
+
+
+def compare(
+    repeat_dir: Path = typer.Argument(..., help="The --out folder of `mlbseg repeat` (segmentation)."),
+    metric: str = typer.Option("dice", "--metric", help="dice or hd95."),
+    out: Path | None = typer.Option(
+        None, "--out", help="PNG, PDF or SVG; default REPEAT_DIR/figures/compare_<metric>.png."
+    ),
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """Per-case test results of each method: a panel per noise level, a box and a point per (seed, case)."""
+    from mlbseg.errors import UserError
+    from mlbseg.figures import check_figure_path
+    from mlbseg.figures.compare import METRICS, compare_figure
+    from mlbseg.run_figures import repeat_case_values
+
+    if metric not in METRICS:
+        raise UserError(f"--metric {metric}: choose one of {', '.join(METRICS)}")
+    target = check_figure_path(out or repeat_dir / "figures" / f"compare_{metric}.png", overwrite=overwrite)
+    values = repeat_case_values(repeat_dir, metric)
+    typer.echo(f"wrote {compare_figure(values, target, metric, overwrite=overwrite)}")
 
 
 def cls_weights(
@@ -124,18 +161,21 @@ def cls_weights(
     epoch: str = typer.Option("last", "--epoch", help="Epoch of weights/epoch_XXX.npz (1-based) or last."),
     count: int = typer.Option(8, "--count", min=1, help="Samples shown per group."),
     out: Path | None = typer.Option(
-        None, "--out", help="PNG; default RUN_DIR/figures/cls_weights_epoch_XXX.png."
+        None, "--out", help="PNG, PDF or SVG; default RUN_DIR/figures/cls_weights_epoch_XXX.png."
     ),
     overwrite: bool = OVERWRITE,
 ) -> None:
     """α and β of logged samples whose pseudo-label is right and noisy label wrong, vs where they agree."""
+    from mlbseg.figures import check_figure_path
     from mlbseg.figures.cls_weights import cls_weights_figure, load_weight_log
 
+    if out is not None:
+        check_figure_path(out, overwrite=overwrite)
     chosen, log = load_weight_log(run_dir, epoch)
     target = out or run_dir / "figures" / f"cls_weights_epoch_{chosen:03d}.png"
     typer.echo(f"wrote {cls_weights_figure(log, target, count=count, epoch=chosen, overwrite=overwrite)}")
 
 
-for _command in (overlay, weights, curves):
+for _command in (overlay, weights, curves, compare):
     app.command()(reports_user_errors(_command))
 app.command("cls-weights")(reports_user_errors(cls_weights))

@@ -23,7 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mlbseg.errors import UserError
-from mlbseg.figures import DPI, new_figure, save_png
+from mlbseg.figures import DPI, new_figure, save_figure
 
 KEYS = ("index", "noisy_label", "clean_label", "pseudo_label", "alpha", "beta")
 ALPHA_COLOR = "#1f77b4"  # blue: weight of the noisy-label loss
@@ -213,6 +213,6 @@ def cls_weights_figure(
     dpi: int = DPI,
     overwrite: bool = False,
 ) -> Path:
-    """Draw :func:`draw_cls_weights` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
+    """Draw :func:`draw_cls_weights` and save it (PNG/PDF/SVG by extension); return ``out_path``."""
     figure = draw_cls_weights(log, count=count, epoch=epoch)
-    return save_png(figure, out_path, dpi, overwrite=overwrite)
+    return save_figure(figure, out_path, dpi, overwrite=overwrite)

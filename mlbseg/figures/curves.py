@@ -1,8 +1,9 @@
-"""Training curves from runs' ``metrics.csv``: one panel per metric, one line per run, x = epoch.
+"""Training curves from runs' ``metrics.csv``: one panel per metric, one line per label, x = epoch.
 
 ``metrics.csv`` has a header row and one row per logged epoch; every cell is a number or empty (a metric not
 logged that epoch, e.g. validation every k epochs). Empty cells are skipped, so a panel's line joins the
-epochs where its metric exists.
+epochs where its metric exists. Several runs under one label (the seeds of a method) are drawn as their mean
+with a band of ± one sample standard deviation, over the epochs where every one of them has the metric.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mlbseg.errors import UserError
-from mlbseg.figures import DPI, new_figure, save_png
+from mlbseg.figures import DPI, new_figure, save_figure
 
 X_KEY = "epoch"
 LEGEND_INCHES = 0.4
@@ -50,22 +53,61 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float]]:
     return rows
 
 
-def _series(rows: Sequence[Mapping[str, float]], metric: str) -> tuple[list[float], list[float]]:
-    points = [(row[X_KEY], row[metric]) for row in rows if metric in row and X_KEY in row]
-    points = [(x, y) for x, y in points if math.isfinite(y)]
-    return [x for x, _ in points], [y for _, y in points]
+Rows = Sequence[Mapping[str, float]]
+
+
+def _series(rows: Rows, metric: str) -> dict[float, float]:
+    """{epoch: value} of ``metric`` in one run (finite values only)."""
+    return {
+        row[X_KEY]: row[metric]
+        for row in rows
+        if metric in row and X_KEY in row and math.isfinite(row[metric])
+    }
+
+
+def aggregate(runs: Sequence[Rows], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs [E], mean [E] and sample std [E] (0 for one run) of ``metric`` over ``runs``.
+
+    Only the epochs where every run has a value are kept, so the mean never mixes different run counts.
+
+    Example:
+        >>> aggregate([[{"epoch": 0, "d": 0.5}, {"epoch": 1, "d": 0.7}], [{"epoch": 1, "d": 0.9}]], "d")
+        (array([1.]), array([0.8]), array([0.14142136]))
+    """
+    series = [_series(rows, metric) for rows in runs]
+    epochs = sorted(set.intersection(*(set(values) for values in series))) if series else []
+    values = np.array([[values[epoch] for epoch in epochs] for values in series], dtype=np.float64)
+    std = values.std(axis=0, ddof=1) if len(series) > 1 else np.zeros(len(epochs))
+    return np.array(epochs, dtype=np.float64), values.mean(axis=0) if epochs else np.zeros(0), std
+
+
+def _draw_line(ax: Axes, runs: Sequence[Rows], metric: str, *, color: str, label: str) -> None:
+    epochs, mean, std = aggregate(runs, metric)
+    name = label if len(runs) == 1 else f"{label} (n={len(runs)})"
+    ax.plot(
+        epochs,
+        mean,
+        color=color,
+        linewidth=1.5,
+        label=name,
+        marker="o" if len(epochs) == 1 else None,  # a lone point would not show as a line
+        markersize=3,
+    )
+    if len(runs) > 1:
+        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
 
 
 def draw_curves(
-    runs: Mapping[str, Sequence[Mapping[str, float]]],
+    runs: Mapping[str, Sequence[Rows]],
     metrics: Sequence[str] = ("train_loss", "val_dice"),
     *,
     panel_size: tuple[float, float] = (3.5, 2.6),
 ) -> Figure:
-    """Draw one panel per metric with one line per run (Figure 3 style) and a shared legend.
+    """Draw one panel per metric with one line per label (Figure 3 style) and a shared legend.
 
     Args:
-        runs: ``{run name: rows}``, rows as returned by :func:`read_metrics_csv` (each needs ``epoch``).
+        runs: ``{label: [rows of each run]}``, rows as returned by :func:`read_metrics_csv` (each needs
+            ``epoch``); several runs under one label are drawn as mean ± sample std.
         metrics: Column names to plot, one panel each, left to right.
         panel_size: (width, height) of one panel in inches; the figure is ``len(metrics) × width`` wide and
             ``height + LEGEND_INCHES`` tall.
@@ -76,25 +118,17 @@ def draw_curves(
     """
     if not runs or not metrics:
         raise UserError("curves need at least one run and one metric")
-    series = {metric: {name: _series(rows, metric) for name, rows in runs.items()} for metric in metrics}
-    for metric, lines in series.items():
-        if not any(xs for xs, _ in lines.values()):
-            columns = sorted({key for rows in runs.values() for row in rows for key in row} - {X_KEY})
+    every_run = [rows for group in runs.values() for rows in group]
+    for metric in metrics:
+        if not any(_series(rows, metric) for rows in every_run):
+            columns = sorted({key for rows in every_run for row in rows for key in row} - {X_KEY})
             raise UserError(f"metric '{metric}' has no values with an epoch in any run; columns: {columns}")
     width, height = panel_size
     figure = new_figure(width * len(metrics), height + LEGEND_INCHES)
     axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, (metric, lines) in zip(axes, series.items(), strict=True):
-        for color_index, (name, (xs, ys)) in enumerate(lines.items()):
-            ax.plot(
-                xs,
-                ys,
-                color=f"C{color_index % 10}",
-                linewidth=1.5,
-                label=name,
-                marker="o" if len(xs) == 1 else None,  # a lone point would not show as a line
-                markersize=3,
-            )
+    for ax, metric in zip(axes, metrics, strict=True):
+        for color_index, (label, group) in enumerate(runs.items()):
+            _draw_line(ax, group, metric, color=f"C{color_index % 10}", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -106,7 +140,7 @@ def draw_curves(
 
 
 def curves_figure(
-    runs: Mapping[str, Sequence[Mapping[str, float]]],
+    runs: Mapping[str, Sequence[Rows]],
     out_path: str | Path,
     metrics: Sequence[str] = ("train_loss", "val_dice"),
     *,
@@ -114,5 +148,5 @@ def curves_figure(
     dpi: int = DPI,
     overwrite: bool = False,
 ) -> Path:
-    """Draw :func:`draw_curves` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
-    return save_png(draw_curves(runs, metrics, panel_size=panel_size), out_path, dpi, overwrite=overwrite)
+    """Draw :func:`draw_curves` and save it (PNG/PDF/SVG by extension); return ``out_path``."""
+    return save_figure(draw_curves(runs, metrics, panel_size=panel_size), out_path, dpi, overwrite=overwrite)

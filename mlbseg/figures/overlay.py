@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from skimage.measure import find_contours
 
 from mlbseg.evaluation.metrics import volume_dice
-from mlbseg.figures import DPI, new_figure, save_png
+from mlbseg.figures import DPI, new_figure, save_figure
 
 REFERENCE_COLOR = "#ff0000"
 NOISY_COLOR = "#ffff00"
@@ -222,7 +222,7 @@ def overlay_figure(
     overwrite: bool = False,
     class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Draw :func:`draw_overlay` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
+    """Draw :func:`draw_overlay` and save it (PNG/PDF/SVG by extension); return ``out_path``."""
     figure = draw_overlay(
         image,
         reference,
@@ -233,4 +233,4 @@ def overlay_figure(
         panel_size=panel_size,
         class_names=class_names,
     )
-    return save_png(figure, out_path, dpi, overwrite=overwrite)
+    return save_figure(figure, out_path, dpi, overwrite=overwrite)

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from mlbseg.figures import DPI, new_figure, save_png
+from mlbseg.figures import DPI, new_figure, save_figure
 
 PANELS = (
     ("image", "Image"),
@@ -26,6 +26,7 @@ PANELS = (
     ("beta", "β (pseudo-label)"),
 )
 WEIGHT_CMAP = "viridis"
+WEIGHT_LABEL = "meta weight α, β (unitless)"
 
 
 def _check_row(index: int, row: Mapping[str, object]) -> tuple[int, int]:
@@ -52,7 +53,8 @@ def _draw_row(figure: Figure, axes: Sequence[Axes], maps: Mapping[str, np.ndarra
         ax.imshow(maps[key], vmin=0.0, vmax=vmax, cmap=WEIGHT_CMAP, interpolation="nearest")
         for key, ax in (("alpha", axes[4]), ("beta", axes[5]))
     ]
-    figure.colorbar(weight_images[-1], ax=list(axes[4:]), shrink=0.9)
+    bar = figure.colorbar(weight_images[-1], ax=list(axes[4:]), shrink=0.9)
+    bar.set_label(WEIGHT_LABEL, fontsize=7)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -97,5 +99,5 @@ def weight_map_figure(
     dpi: int = DPI,
     overwrite: bool = False,
 ) -> Path:
-    """Draw :func:`draw_weight_maps` and save it as a PNG (``dpi`` pixels per inch); return ``out_path``."""
-    return save_png(draw_weight_maps(rows, panel_size=panel_size), out_path, dpi, overwrite=overwrite)
+    """Draw :func:`draw_weight_maps` and save it (PNG/PDF/SVG by extension); return ``out_path``."""
+    return save_figure(draw_weight_maps(rows, panel_size=panel_size), out_path, dpi, overwrite=overwrite)

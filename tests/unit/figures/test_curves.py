@@ -12,14 +12,15 @@ def runs(tmp_path):
     baseline.write_text("epoch,train_loss,val_dice\n0,0.9,\n1,0.7,0.5\n2,0.6,\n3,0.5,0.6\n")
     mlbseg = tmp_path / "mlbseg.csv"
     mlbseg.write_text("epoch,train_loss,val_dice,lr\n0,0.8,0.55,0.005\n1,0.6,0.7,0.005\n")
-    return {"baseline": read_metrics_csv(baseline), "mlbseg": read_metrics_csv(mlbseg)}
+    return {"baseline": [read_metrics_csv(baseline)], "mlbseg": [read_metrics_csv(mlbseg)]}
 
 
 def test_read_metrics_csv_parses_numbers_and_skips_empty_cells(runs):
-    assert runs["baseline"][0] == {"epoch": 0.0, "train_loss": 0.9}
-    assert runs["baseline"][1] == {"epoch": 1.0, "train_loss": 0.7, "val_dice": 0.5}
-    assert len(runs["mlbseg"]) == 2
-    assert runs["mlbseg"][1]["lr"] == 0.005
+    (baseline,), (mlbseg,) = runs["baseline"], runs["mlbseg"]
+    assert baseline[0] == {"epoch": 0.0, "train_loss": 0.9}
+    assert baseline[1] == {"epoch": 1.0, "train_loss": 0.7, "val_dice": 0.5}
+    assert len(mlbseg) == 2
+    assert mlbseg[1]["lr"] == 0.005
 
 
 def test_read_metrics_csv_reports_bad_files(tmp_path):
@@ -63,3 +64,23 @@ def test_png_size_and_atomic_write(tmp_path, runs):
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]
     with pytest.raises(UserError, match="overwrite"):
         curves_figure(runs, out)
+
+
+def test_runs_under_one_label_are_drawn_as_mean_and_a_std_band():
+    seeds = [
+        [{"epoch": 0, "val_dice": 0.5}, {"epoch": 1, "val_dice": 0.6}, {"epoch": 2, "val_dice": 0.7}],
+        [{"epoch": 0, "val_dice": 0.3}, {"epoch": 1, "val_dice": 0.8}, {"epoch": 2, "val_dice": 0.9}],
+        [{"epoch": 1, "val_dice": 0.7}, {"epoch": 2, "val_dice": 0.8}],  # epoch 0 not logged: left out
+    ]
+    figure = draw_curves({"mlbseg": seeds, "baseline": [seeds[0]]}, ("val_dice",))
+    (ax,) = figure.axes
+    mean_line, single_line = ax.get_lines()
+    np.testing.assert_array_equal(mean_line.get_xdata(), [1, 2])
+    np.testing.assert_allclose(mean_line.get_ydata(), [0.7, 0.8])
+    np.testing.assert_array_equal(single_line.get_ydata(), [0.5, 0.6, 0.7])
+    (band,) = ax.collections  # the single run has no band
+    std = np.std([[0.6, 0.8, 0.7], [0.7, 0.9, 0.8]], axis=1, ddof=1)
+    low, high = band.get_paths()[0].vertices[:, 1].min(), band.get_paths()[0].vertices[:, 1].max()
+    assert low == pytest.approx(0.7 - std[0])
+    assert high == pytest.approx(0.8 + std[1])
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["mlbseg (n=3)", "baseline"]

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from mlbseg.errors import UserError
-from mlbseg.figures import save_png
+from mlbseg.figures import save_figure
 from mlbseg.figures.overlay import LEGEND_INCHES, default_slices, draw_overlay, overlay_figure
 
 RED, YELLOW, CYAN = (255, 0, 0), (255, 255, 0), (0, 255, 255)
@@ -62,7 +62,7 @@ def test_rows_are_drawn_top_down_and_columns_left_right(tmp_path):
     reference = np.zeros((H, W), np.uint8)
     reference[2:10, 34:62] = 1
     figure = draw_overlay(image, reference)
-    out = save_png(figure, tmp_path / "o.png", dpi=figure.dpi)
+    out = save_figure(figure, tmp_path / "o.png", dpi=figure.dpi)
     pixels = np.asarray(Image.open(out).convert("RGB")).astype(int)
     box = figure.axes[0].get_window_extent()  # display pixels, origin at the bottom left
     top, left = pixels.shape[0] - box.y1, box.x0
