@@ -53,7 +53,9 @@ def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.
             ``in_channels``, summed for 1 channel as smp does for its own weights); ``foreground_prior``,
             None for the head's zero bias (probability 0.5 everywhere at the start) or p in (0, 1) for the
             bias logit(p), so training starts at the foreground share instead of first pushing every pixel
-            to background (the prior initialisation of Lin et al., 2017, for imbalanced targets).
+            to background (the prior initialisation of Lin et al., 2017, for imbalanced targets); with K
+            logits the biases log(1 − p), log(p / (K − 1)), … start the softmax at background 1 − p and p
+            shared by the foreground classes.
         in_channels: Input image channels.
         classes: Output channels (logits, no activation).
 
@@ -86,7 +88,12 @@ def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.
         if not 0.0 < prior < 1.0:
             raise UserError(f"model.foreground_prior: must be in (0, 1), got {prior}")
         head = model.segmentation_head[0]  # the final convolution: logits
-        nn.init.constant_(head.bias, math.log(prior / (1.0 - prior)))
+        with torch.no_grad():
+            if classes == 1:
+                head.bias.fill_(math.log(prior / (1.0 - prior)))
+            else:
+                head.bias.fill_(math.log(prior / (classes - 1)))
+                head.bias[0] = math.log(1.0 - prior)
     return model
 
 

@@ -102,6 +102,12 @@ def test_foreground_prior_starts_the_head_at_that_probability():
     assert primed < 0.1 < plain  # smp's zero bias starts near 0.5 (0.38 here)
 
 
+def test_foreground_prior_with_k_logits_starts_the_softmax_at_background_1_minus_p():
+    model = build_model(ModelConfig(foreground_prior=0.03, **SMALL), in_channels=2, classes=3)
+    start = model.segmentation_head[0].bias.softmax(dim=0)
+    torch.testing.assert_close(start, torch.tensor([0.97, 0.015, 0.015]))
+
+
 @pytest.mark.parametrize("prior", [0.0, 1.0, -0.1])
 def test_foreground_prior_outside_0_1_is_refused(prior):
     with pytest.raises(UserError, match=r"model\.foreground_prior: must be in"):
