@@ -20,6 +20,15 @@ def restore_determinism():
     torch.backends.cudnn.benchmark = benchmark
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: its tensors are tiny, and on shared cores more threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

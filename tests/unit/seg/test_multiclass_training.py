@@ -33,7 +33,7 @@ from mlbseg.seg.trainer import TASK, SegmentationRun
 
 from ._prepared import MODEL, SIZE, ZONES, ZONES_SPLITS, num_slices, write_prepared
 
-pytestmark = pytest.mark.usefixtures("restore_determinism")
+pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
 ROOT = Path(__file__).parents[3]
 SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
@@ -51,15 +51,6 @@ def zones(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seg_multiclass") / "zones"
     write_prepared(folder, ZONES_SPLITS, **ZONES)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tensors are tiny, and on shared cores more threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(prepared: Path, *overrides: str) -> SegConfig:

@@ -30,7 +30,7 @@ from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_st
 
 from ._prepared import MODEL, SIZE, num_slices, write_prepared
 
-pytestmark = pytest.mark.usefixtures("restore_determinism")
+pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
 ROOT = Path(__file__).parents[3]
 SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
@@ -50,15 +50,6 @@ def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seg_trainer") / "prepared"
     write_prepared(folder)
     return folder
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the tensors are tiny, and on shared cores more threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(prepared: Path, *overrides: str) -> SegConfig:
