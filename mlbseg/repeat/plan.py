@@ -9,7 +9,12 @@ CONFIG, the user's ``--set`` and three more overrides: ``method.name``, the task
   checkpoint with ``mlbseg evaluate --checkpoint``, which the evaluation replaces) → evaluated only;
 - ``resume``: ``checkpoints/last.pt`` → trained with ``--resume``, then evaluated;
 - ``fresh``: no checkpoint → trained from the start, then evaluated. The remains of an attempt that died
-  before its first checkpoint (config, TensorBoard events, its log) are cleared; the old log is kept.
+  before its first checkpoint (config, TensorBoard events, its log) are cleared; the old log is kept;
+- ``queued``: a job of this repeat's ``--launcher submitit`` is queued or running for it
+  (``OUT/.submitit/jobs.json``, :mod:`~mlbseg.repeat.slurm`) → left to that job, neither started nor
+  reported as busy.
+
+:func:`worker_job` is how a run is started in each state: the worker's command line and where its log goes.
 
 A run folder that already holds a *different* experiment (its ``config.yaml`` differs) or something that
 is not an mlbseg run is refused before anything starts, so a repeat never mixes or destroys results.
@@ -22,7 +27,11 @@ process (or let it finish) and run the same command again.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +39,10 @@ from typing import Any
 from mlbseg.config import to_dict
 from mlbseg.engine.lock import BUSY, LOCK_NAME, is_locked
 from mlbseg.errors import UserError
+from mlbseg.repeat.scheduler import Job
 from mlbseg.repeat.tasks import RepeatTask
 
-FINISHED, EVALUATE, RESUME, FRESH = "finished", "evaluate", "resume", "fresh"
+FINISHED, EVALUATE, RESUME, FRESH, QUEUED = "finished", "evaluate", "resume", "fresh", "queued"
 LOG_NAME = "log.txt"
 CONFIG_NAME = "config.yaml"
 SUMMARY_NAME = "summary.json"
@@ -122,6 +132,7 @@ def plan_runs(
     methods: Sequence[str],
     overrides: Sequence[str],
     out: Path,
+    queued: Collection[str] = (),
 ) -> list[RunSpec]:
     """Validate everything and list the runs, seed by seed (so early results cover the whole table).
 
@@ -133,6 +144,8 @@ def plan_runs(
         methods: Method names; empty = the config's own.
         overrides: The user's ``--set`` items (must not set the axis keys).
         out: The repeat's folder.
+        queued: Names of runs whose submitit job is still queued or running (state ``queued``; their
+            lock may be held by that job).
 
     Raises:
         UserError: Unknown method or noise, an axis key in ``--set``, a config error of any run, data the
@@ -152,7 +165,7 @@ def plan_runs(
                 cfg = task.load(config, run_overrides)
                 task.check(cfg)
                 run_dir = out / f"{cfg.method.name}-{task.noise_of(cfg)}-seed{seed}"
-                state = _existing_state(task, cfg, run_dir)
+                state = _existing_state(task, cfg, run_dir, queued=run_dir.name in queued)
                 specs.append(
                     RunSpec(cfg.method.name, task.noise_of(cfg), seed, run_overrides, run_dir, state)
                 )
@@ -174,13 +187,13 @@ def _check_axes(
             raise UserError(f"--set {item!r}: repeat sets {key} itself; use {option} instead")
 
 
-def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path) -> str:
+def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path, *, queued: bool) -> str:
     """The run's state after checking that ``run_dir`` is free or holds this very run."""
     if not run_dir.exists():
-        return FRESH
+        return QUEUED if queued else FRESH
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: exists and is not a folder; remove it or choose another --out")
-    if is_locked(run_dir):
+    if not queued and is_locked(run_dir):
         raise UserError(f"{run_dir}: {BUSY}")
     saved = run_dir / CONFIG_NAME
     if saved.is_file():
@@ -192,7 +205,7 @@ def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path) -> str:
             )
     elif any(path.is_file() and path.name not in (LOG_NAME, LOCK_NAME) for path in run_dir.rglob("*")):
         raise UserError(f"{run_dir}: not an mlbseg run folder (no {CONFIG_NAME}); choose another --out")
-    return run_state(run_dir)
+    return QUEUED if queued else run_state(run_dir)
 
 
 def _differing_keys(given: Any, saved: Any) -> list[str]:
@@ -205,3 +218,47 @@ def _differing_keys(given: Any, saved: Any) -> list[str]:
 
     mine, theirs = flat(to_dict(given)), flat(to_dict(saved))
     return [key for key in mine if mine[key] != theirs.get(key)]
+
+
+def worker_job(
+    task_name: str,
+    config: Path,
+    run_dir: Path,
+    overrides: Sequence[str],
+    *,
+    out: Path,
+    note: str = "",
+    flags: Sequence[str] = (),
+) -> Job:
+    """The worker process for ``run_dir`` in the state it is in now (``fresh``, ``resume`` or ``evaluate``).
+
+    A fresh run first loses what an attempt without a checkpoint left (its old log text is kept at the top
+    of the new log), and its log is written to ``OUT/.<run>.log`` until the trainer has claimed the
+    folder. ``note`` is added to the log's header line (e.g. the submitit job id), ``flags`` to the
+    worker's command line.
+    """
+    state = run_state(run_dir)
+    command = [sys.executable, "-m", "mlbseg.repeat.worker", "--task", task_name]
+    command += ["--config", str(config.absolute()), "--run-dir", str(run_dir)]
+    for item in overrides:
+        command += ["--set", item]
+    command += {RESUME: ["--resume"], EVALUATE: ["--evaluate-only"]}.get(state, [])
+    command += flags
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    header = f"=== {stamp} mlbseg repeat: {state}{note} ===\n$ {shlex.join(command)}\n"
+    log = run_dir / LOG_NAME
+    if state != FRESH:
+        return Job(run_dir.name, command, log, preamble=header)
+    earlier = _clear_attempt(run_dir)
+    pending = out / f".{run_dir.name}.log"
+    return Job(run_dir.name, command, log, run_dir / CONFIG_NAME, pending, preamble=earlier + header)
+
+
+def _clear_attempt(run_dir: Path) -> str:
+    """Remove what an attempt without a checkpoint left (checked by the plan); return its old log."""
+    if not run_dir.exists():
+        return ""
+    log = run_dir / LOG_NAME
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    shutil.rmtree(run_dir)
+    return text

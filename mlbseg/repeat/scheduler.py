@@ -1,9 +1,10 @@
 """Run a list of commands as separate processes, N at a time, each pinned to a GPU or a share of the CPU.
 
-Slots: with CUDA GPUs, one slot per GPU (at most ``jobs``), and a process sees only its slot's GPU through
-``CUDA_VISIBLE_DEVICES`` (one run per GPU at a time, nnU-Net's recommendation for small networks,
-docs/design.md §8); without, ``jobs`` CPU slots. Either way every process gets
-``OMP_NUM_THREADS = cores // slots`` (unless the user set it), so N processes do not oversubscribe the cores.
+Slots (:func:`make_slots`): with CUDA GPUs, up to ``per_gpu`` processes per GPU, spread round-robin (the
+driver's default packs ``--jobs N`` onto G GPUs as ⌈N / G⌉ each, docs/design.md §8), and a process sees
+only its slot's GPU through ``CUDA_VISIBLE_DEVICES``; without GPUs, ``jobs`` CPU slots. Either way every
+process gets ``OMP_NUM_THREADS = cores // slots`` (unless the user set it), so N processes do not
+oversubscribe the cores.
 
 Logs: a process's stdout and stderr go to its log file from the first byte. A fresh run's folder must be
 empty when its trainer starts, so its log is written beside the folder first (``OUT/.<run>.log``) and moved
@@ -14,12 +15,15 @@ Stopping: on any exception in :func:`run_jobs` (SIGINT/SIGTERM as
 :class:`~mlbseg.engine.signals.Interrupted` included) every running process gets SIGTERM at once, those
 still alive after ``GRACE_SECONDS`` get SIGKILL, and each is waited for, so none outlives the command;
 their pending logs are moved into place as if they had ended. The processes share the terminal's process
-group, so a Ctrl-C reaches them too; the worker stops on either signal in the same way.
+group, so a Ctrl-C reaches them too; the worker stops on either signal in the same way. :func:`start`,
+:func:`poll` and :func:`stop` are the same steps for one process, for a caller that waits itself (the
+submitit job, :mod:`~mlbseg.repeat.slurm`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections import deque
@@ -65,7 +69,9 @@ class Outcome:
 
 
 @dataclass
-class _Running:
+class Running:
+    """A started job: its process, its open log, when it started, its GPU, whether its log is in place."""
+
     job: Job
     process: subprocess.Popen
     stream: IO[bytes]
@@ -90,14 +96,30 @@ def gpu_ids() -> list[str]:
     return [item.strip() for item in visible.split(",") if item.strip()][:count]
 
 
-def make_slots(jobs: int, gpus: Sequence[str]) -> list[str | None]:
+def make_slots(jobs: int, gpus: Sequence[str], per_gpu: int = 1) -> list[str | None]:
     """One entry per concurrent process: a GPU id, or None for a CPU process.
 
+    With GPUs, ``min(jobs, per_gpu · len(gpus))`` slots, the GPUs taken round-robin, so runs spread over
+    every GPU before any GPU gets a second one.
+
     Example:
-        >>> make_slots(3, ["0", "1"]), make_slots(2, [])
-        (['0', '1'], [None, None])
+        >>> make_slots(3, ["0", "1"]), make_slots(5, ["0", "1"], per_gpu=2), make_slots(2, [])
+        (['0', '1'], ['0', '1', '0', '1'], [None, None])
     """
-    return list(gpus[:jobs]) if gpus else [None] * jobs
+    if not gpus:
+        return [None] * jobs
+    count = min(jobs, per_gpu * len(gpus))
+    return [gpus[index % len(gpus)] for index in range(count)]
+
+
+def default_per_gpu(jobs: int, gpu_count: int) -> int:
+    """Processes per GPU when ``--per-gpu`` is not given: ⌈jobs / GPUs⌉, so all ``jobs`` run at once.
+
+    Example:
+        >>> default_per_gpu(8, 2), default_per_gpu(3, 2), default_per_gpu(1, 4)
+        (4, 2, 1)
+    """
+    return max(1, -(-jobs // max(1, gpu_count)))
 
 
 def child_env(gpu: str | None, threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -122,29 +144,30 @@ def run_jobs(
     """
     threads = max(1, cpu_count() // max(1, len(slots)))
     queue, free = deque(jobs), deque(range(len(slots)))
-    running: dict[int, _Running] = {}
+    running: dict[int, Running] = {}
     outcomes: list[Outcome] = []
     try:
         while queue or running:
             while queue and free:
                 slot = free.popleft()
                 job = queue.popleft()
-                running[slot] = _start(job, slots[slot], threads)
+                running[slot] = start(job, slots[slot], threads)
                 report("start", job, None)
             time.sleep(POLL_SECONDS)
             for slot, run in list(running.items()):
-                outcome = _poll(run)
+                outcome = poll(run)
                 if outcome is not None:
                     del running[slot]
                     free.append(slot)
                     outcomes.append(outcome)
                     report("end", run.job, outcome)
     finally:
-        _stop_all(list(running.values()))
+        stop(list(running.values()))
     return outcomes
 
 
-def _start(job: Job, gpu: str | None, threads: int) -> _Running:
+def start(job: Job, gpu: str | None, threads: int, *, preexec: Callable[[], None] | None = None) -> Running:
+    """Start ``job``'s process with its log open; ``preexec`` runs in the child before the command."""
     target = job.pending_log or job.log
     target.parent.mkdir(parents=True, exist_ok=True)
     stream = target.open("ab")
@@ -157,14 +180,15 @@ def _start(job: Job, gpu: str | None, threads: int) -> _Running:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=child_env(gpu, threads),
+            preexec_fn=preexec,
         )
     except BaseException:
         stream.close()
         raise
-    return _Running(job, process, stream, time.monotonic(), gpu, placed=job.pending_log is None)
+    return Running(job, process, stream, time.monotonic(), gpu, placed=job.pending_log is None)
 
 
-def _poll(run: _Running) -> Outcome | None:
+def poll(run: Running) -> Outcome | None:
     """Move a pending log into place when due; the job's outcome once its process has ended."""
     returncode = run.process.poll()
     if not run.placed and (returncode is not None or (run.job.claim is not None and run.job.claim.exists())):
@@ -182,11 +206,14 @@ def _place_log(job: Job) -> None:
     os.replace(job.pending_log, job.log)
 
 
-def _stop_all(runs: Sequence[_Running]) -> None:
-    """Stop our own processes: SIGTERM to all, SIGKILL to those alive after the grace; wait; close logs."""
+def stop(runs: Sequence[Running], *, signum: int = signal.SIGTERM) -> None:
+    """Stop our own processes: ``signum`` to all, SIGKILL to those alive after the grace; wait; close logs.
+
+    Runs that have already ended are only closed; calling it again does nothing more.
+    """
     for run in runs:
         if run.process.poll() is None:
-            run.process.terminate()
+            run.process.send_signal(signum)
     deadline = time.monotonic() + GRACE_SECONDS
     for run in runs:
         try:
@@ -197,3 +224,4 @@ def _stop_all(runs: Sequence[_Running]) -> None:
         run.stream.close()
         if not run.placed:
             _place_log(run.job)
+            run.placed = True

@@ -1,17 +1,20 @@
 """The process behind each run of ``mlbseg repeat``: train (or resume) one run, then evaluate it.
 
 ``python -m mlbseg.repeat.worker --task seg --config CONFIG --run-dir DIR [--set KEY=VALUE ...]
-[--resume | --evaluate-only]``. Training and evaluation share one process, so the libraries are imported
-once per run. Exit code 0 on success; 2 for a mistake in the input (one ``Error: ...`` line on stderr, as
-the ``mlbseg`` commands print it); 130/143 after SIGINT/SIGTERM (one line; the training engine cleans up
-and ``checkpoints/last.pt`` stays the last complete epoch, which the next ``mlbseg repeat`` resumes); 1
-with a traceback for anything else.
+[--resume | --evaluate-only] [--ignore-sigterm]``. Training and evaluation share one process, so the
+libraries are imported once per run. Exit code 0 on success; 2 for a mistake in the input (one
+``Error: ...`` line on stderr, as the ``mlbseg`` commands print it); 130/143 after SIGINT/SIGTERM (one
+line; the training engine cleans up and ``checkpoints/last.pt`` stays the last complete epoch, which the
+next ``mlbseg repeat`` resumes); 1 with a traceback for anything else. With ``--ignore-sigterm`` (the
+worker of a submitit job, :mod:`~mlbseg.repeat.slurm`) only SIGINT stops it: Slurm's SIGTERM is a warning
+to the job, which decides.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     stage = parser.add_mutually_exclusive_group()
     stage.add_argument("--resume", action="store_true", help="Continue from checkpoints/last.pt.")
     stage.add_argument("--evaluate-only", action="store_true", help="Only evaluate checkpoints/final.pt.")
+    parser.add_argument(
+        "--ignore-sigterm", action="store_true", help="Stop on SIGINT only (the caller handles SIGTERM)."
+    )
     return parser
 
 
@@ -40,6 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         with stop_on_signals():
+            if args.ignore_sigterm:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             task = get_task(args.task)
             cfg = task.load(args.config, args.overrides)
             if not args.evaluate_only:

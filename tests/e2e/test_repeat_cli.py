@@ -53,7 +53,7 @@ def _dice(run_dir):
     ("args", "message"),
     [
         (["--methods", "baseline,mlbsek"], "--methods: unknown method 'mlbsek'"),
-        (["--noise", "L1,L9"], "--noise: unknown noise level 'L9'"),
+        (["--noise", "L1,L/9"], "--noise: 'L/9' is neither a noise level"),
         (["--seeds", "4..1"], "--seeds: empty range"),
         (["--set", "train.seed=1"], "use --seeds instead"),
         (["--set", "train.epoch=1"], "did you mean 'train.epochs'"),
