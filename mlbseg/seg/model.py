@@ -1,19 +1,21 @@
-"""Segmentation networks from segmentation-models-pytorch, weights only from local files (docs/design.md §4).
+"""Segmentation networks: segmentation-models-pytorch's, and the reference's NestedUNet (docs/design.md §4.3).
 
-The reference's hand-written NestedUNet (docs/reference.md §6.14) is replaced by smp's UNet++ with a
-configurable encoder. ``encoder_depth=4`` gives an output stride of 16, so 144×144 inputs work (depth 5 needs
-multiples of 32, docs/design.md §4.3). smp is never asked for pretrained weights (it would download them); a
-local encoder state dict can be loaded instead.
+``unetplusplus`` and ``unet`` are smp models with a configurable encoder. ``encoder_depth=4`` gives an output
+stride of 16, so 144×144 inputs work (depth 5 needs multiples of 32). smp is never asked for pretrained
+weights (it would download them); a local encoder state dict can be loaded instead. ``nested_unet`` is the
+published MLB-Seg code's network (docs/reference.md §6.14), written here from its description.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mlbseg.errors import UserError
@@ -22,9 +24,17 @@ if TYPE_CHECKING:  # the config module imports this one for the registry's names
     from mlbseg.seg.config import ModelConfig
 
 # The registry of architectures: ``model.arch`` is one of its keys.
-# Values are smp class names: smp and timm are imported when a model is built, so the config (which takes its
-# choices from these keys) stays cheap to import for `repeat` and its workers.
-ARCHITECTURES: dict[str, str] = {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}
+# Values are smp class names (smp and timm are imported when such a model is built, so the config, which takes
+# its choices from these keys, stays cheap to import for `repeat` and its workers), except ``nested_unet``:
+# this module's :class:`NestedUNet`.
+ARCHITECTURES: dict[str, str] = {"unetplusplus": "UnetPlusPlus", "unet": "Unet", "nested_unet": "NestedUNet"}
+
+# The published NestedUNet's filter widths, one per level (docs/reference.md §6.14): 36 628 481 parameters
+# for one input channel and one logit map.
+NESTED_UNET_FEATURES: tuple[int, ...] = (64, 128, 256, 512, 1024)
+
+# The smp-only keys of ``model`` that nested_unet refuses when they differ from their defaults.
+SMP_ONLY_KEYS = ("encoder", "encoder_depth", "decoder_channels", "encoder_weights")
 
 
 def output_channels(num_labels: int) -> int:
@@ -42,29 +52,89 @@ def output_channels(num_labels: int) -> int:
 
 
 def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.Module:
-    """Build an smp encoder-decoder that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
+    """Build a network that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
 
     Args:
-        cfg: The ``model`` section: ``arch`` (one of :data:`ARCHITECTURES`); ``encoder``, an smp encoder
-            name (e.g. ``resnet34``) or ``tu-<timm model>``; ``encoder_depth``, 3–5 stages (H and W must be
-            divisible by 2**encoder_depth, 16 for 4); ``decoder_channels``, one entry per stage;
-            ``encoder_weights``, None for random initialisation or the path of a local encoder state dict
-            (raw, or under a ``state_dict``/``model`` key; 3-channel first-conv kernels are adapted to
-            ``in_channels``, summed for 1 channel as smp does for its own weights); ``foreground_prior``,
-            None for the head's zero bias (probability 0.5 everywhere at the start) or p in (0, 1) for the
-            bias logit(p), so training starts at the foreground share instead of first pushing every pixel
-            to background (the prior initialisation of Lin et al., 2017, for imbalanced targets); with K
-            logits the biases log(1 − p), log(p / (K − 1)), … start the softmax at background 1 − p and p
-            shared by the foreground classes.
+        cfg: The ``model`` section: ``arch`` (one of :data:`ARCHITECTURES`). For the smp architectures:
+            ``encoder``, an smp encoder name (e.g. ``resnet34``) or ``tu-<timm model>``; ``encoder_depth``,
+            3–5 stages (H and W must be divisible by 2**encoder_depth, 16 for 4); ``decoder_channels``, one
+            entry per stage; ``encoder_weights``, None for random initialisation or the path of a local
+            encoder state dict (raw, or under a ``state_dict``/``model`` key; 3-channel first-conv kernels
+            are adapted to ``in_channels``, summed for 1 channel as smp does for its own weights). For
+            ``nested_unet``: ``features``, the filter widths per level (None: the published
+            :data:`NESTED_UNET_FEATURES`); the smp-only keys (:data:`SMP_ONLY_KEYS`) must keep their
+            defaults. For every architecture, ``foreground_prior``: None for the head's zero bias
+            (probability 0.5 everywhere at the start) or p in (0, 1) for the bias logit(p), so training
+            starts at the foreground share instead of first pushing every pixel to background (the prior
+            initialisation of Lin et al., 2017, for imbalanced targets); with K logits the biases
+            log(1 − p), log(p / (K − 1)), … start the softmax at background 1 − p and p shared by the
+            foreground classes.
         in_channels: Input image channels.
         classes: Output channels (logits, no activation).
 
     Raises:
-        UserError: Unknown architecture or encoder, ``decoder_channels`` of the wrong length, or an encoder
-            weights file that is missing, unreadable or does not match the encoder.
+        UserError: Unknown architecture or encoder, ``decoder_channels`` of the wrong length, an encoder
+            weights file that is missing, unreadable or does not match the encoder, or a key that does not
+            apply to the architecture.
     """
     if cfg.arch not in ARCHITECTURES:
         raise UserError(f"model.arch: unknown {cfg.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    check_architecture_keys(cfg)
+    if cfg.arch == "nested_unet":
+        features = _configured_features(cfg)
+        model: nn.Module = NestedUNet(in_channels, classes, features=features or NESTED_UNET_FEATURES)
+    else:
+        model = _build_smp_model(cfg, in_channels, classes)
+    prior = cfg.foreground_prior
+    if prior is not None:
+        if not 0.0 < prior < 1.0:
+            raise UserError(f"model.foreground_prior: must be in (0, 1), got {prior}")
+        head = model.segmentation_head[0]  # the final convolution: logits
+        with torch.no_grad():
+            if classes == 1:
+                head.bias.fill_(math.log(prior / (1.0 - prior)))
+            else:
+                head.bias.fill_(math.log(prior / (classes - 1)))
+                head.bias[0] = math.log(1.0 - prior)
+    return model
+
+
+def check_architecture_keys(cfg: ModelConfig) -> None:
+    """UserError for a ``model`` key that contradicts ``model.arch`` (nothing is imported or built).
+
+    ``nested_unet`` has a fixed VGG-style layout: an smp-only key (:data:`SMP_ONLY_KEYS`) set away from its
+    default would be silently unused, so it is refused; ``model.features`` sets that layout's widths and
+    applies to nothing else. Widths must be at least two positive integers (two levels, one pooling).
+    """
+    features = _configured_features(cfg)
+    if cfg.arch != "nested_unet":
+        if features is not None:
+            raise UserError(
+                f"model.features: applies to model.arch nested_unet only; {cfg.arch} takes "
+                "model.encoder and model.decoder_channels (remove model.features)"
+            )
+        return
+    defaults = {field.name: field.default for field in dataclasses.fields(cfg)}
+    for key in SMP_ONLY_KEYS:
+        value = getattr(cfg, key)
+        if value != defaults[key]:
+            raise UserError(
+                f"model.{key}: {value!r} does not apply to model.arch nested_unet (a VGG-style UNet++ "
+                f"whose widths are model.features); remove model.{key}"
+            )
+    if features is not None and (len(features) < 2 or min(features) < 1):
+        raise UserError(
+            f"model.features: needs at least two positive widths (one per level), got {list(features)}"
+        )
+
+
+def _configured_features(cfg: ModelConfig) -> tuple[int, ...] | None:
+    """``model.features`` (None: not set); a config schema without the key reads as not set."""
+    return getattr(cfg, "features", None)
+
+
+def _build_smp_model(cfg: ModelConfig, in_channels: int, classes: int) -> nn.Module:
+    """The smp model of ``cfg.arch`` with its encoder checked, built without downloads."""
     _check_encoder(cfg.encoder)
     if len(cfg.decoder_channels) != cfg.encoder_depth:
         raise UserError(
@@ -83,18 +153,76 @@ def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.
     )
     if cfg.encoder_weights is not None:
         load_encoder_weights(model.encoder, Path(cfg.encoder_weights))
-    prior = cfg.foreground_prior
-    if prior is not None:
-        if not 0.0 < prior < 1.0:
-            raise UserError(f"model.foreground_prior: must be in (0, 1), got {prior}")
-        head = model.segmentation_head[0]  # the final convolution: logits
-        with torch.no_grad():
-            if classes == 1:
-                head.bias.fill_(math.log(prior / (1.0 - prior)))
-            else:
-                head.bias.fill_(math.log(prior / (classes - 1)))
-                head.bias[0] = math.log(1.0 - prior)
     return model
+
+
+class VGGBlock(nn.Sequential):
+    """One UNet++ node: (3×3 conv with bias → BatchNorm → ReLU) twice, [N, in, H, W] → [N, out, H, W]."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class NestedUNet(nn.Module):
+    """UNet++ with VGG-style nodes, the published MLB-Seg code's network (docs/reference.md §6.14).
+
+    Zhou, Rahman Siddiquee, Tajbakhsh & Liang, "UNet++: A Nested U-Net Architecture for Medical Image
+    Segmentation", DLMIA 2018. Node X^{i,0} (level i of L = ``len(features)``) is a :class:`VGGBlock` on the
+    2×2 max-pooled X^{i−1,0} (on the image for i = 0); node X^{i,j}, j ≥ 1, is a block on the channel
+    concatenation [X^{i,0}, …, X^{i,j−1}, up(X^{i+1,j−1})] (``features[i]·j + features[i+1]`` channels),
+    ``up`` bilinear with ``align_corners=True`` to the skip's size; the logits are a 1×1 convolution of
+    X^{0,L−1} (no deep supervision, as the paper's setting). With :data:`NESTED_UNET_FEATURES`, one input
+    channel and one logit map it has the published 36 628 481 parameters.
+
+    The reference doubles the size (H and W must be divisible by 2**(L − 1), 16 for five levels); here
+    ``up`` goes to the skip's size, the same map wherever the reference works, and any H, W ≥ 2**(L − 1)
+    works (odd sizes pool down by flooring).
+
+    Args:
+        in_channels: Image channels C.
+        classes: Logit maps (no activation).
+        features: Filter widths per level, at least two.
+
+    Shapes: [N, C, H, W] float → [N, classes, H, W] logits.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, classes: int = 1, features: tuple[int, ...] = NESTED_UNET_FEATURES
+    ) -> None:
+        super().__init__()
+        self.levels = len(features)
+        nodes = {"0_0": VGGBlock(in_channels, features[0])}
+        for level in range(1, self.levels):
+            nodes[f"{level}_0"] = VGGBlock(features[level - 1], features[level])
+        for column in range(1, self.levels):
+            for level in range(self.levels - column):
+                width = features[level] * column + features[level + 1]
+                nodes[f"{level}_{column}"] = VGGBlock(width, features[level])
+        self.nodes = nn.ModuleDict(nodes)  # "i_j": node X^{i,j}
+        self.pool = nn.MaxPool2d(2)
+        self.segmentation_head = nn.Sequential(nn.Conv2d(features[0], classes, kernel_size=1))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[N, C, H, W] images → [N, classes, H, W] logits."""
+        rows: list[list[Tensor]] = [[] for _ in range(self.levels)]  # rows[i][j] = X^{i,j}
+        features = images
+        for level in range(self.levels):
+            features = self.nodes[f"{level}_0"](features if level == 0 else self.pool(features))
+            rows[level].append(features)
+        for column in range(1, self.levels):
+            for level in range(self.levels - column):
+                skips = rows[level]
+                below = rows[level + 1][column - 1]
+                up = F.interpolate(below, size=skips[0].shape[-2:], mode="bilinear", align_corners=True)
+                skips.append(self.nodes[f"{level}_{column}"](torch.cat([*skips, up], dim=1)))
+        return self.segmentation_head(rows[0][-1])
 
 
 def load_encoder_weights(encoder: nn.Module, path: Path) -> None:

@@ -68,7 +68,7 @@ def test_help_names_no_machine():
 def test_unknown_config_name_is_one_line_listing_the_shipped_names(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2
-    assert "shipped: promise12_baseline, promise12_mlbseg, smoke" in result.output
+    assert "shipped: promise12_baseline, promise12_mlbseg, promise12_reference, smoke" in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 

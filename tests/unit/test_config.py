@@ -112,7 +112,7 @@ def test_resolve_config_path_prefers_an_existing_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("name", "task", "message"),
     [
-        ("nope", "seg", "shipped: promise12_baseline, promise12_mlbseg, smoke"),
+        ("nope", "seg", "shipped: promise12_baseline, promise12_mlbseg, promise12_reference, smoke"),
         ("cifar10", "seg", "no shipped segmentation config"),
         ("smoke", None, "give seg/smoke or cls/smoke"),
         ("configs/seg/smoke.yaml", "seg", "no such file"),
