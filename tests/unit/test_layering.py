@@ -1,6 +1,6 @@
 """The allowed import edges between mlbseg's packages, read from the source with ast.
 
-Layers, each importing only those below it: ``cli`` → ``demo`` → ``repeat`` and ``run_figures`` →
+Layers, each importing only those below it: ``cli`` → ``demo`` and ``api`` → ``repeat`` and ``run_figures`` →
 ``seg`` / ``cls`` → ``evaluation`` → ``prep`` → ``engine`` → ``meta``, with ``config`` and ``errors`` at the
 bottom (``meta``'s own boundary: docs/design.md §3.4). ``figures`` is a drawing layer (arrays in, file out)
 that imports no task package. Outside ``cli/`` (which imports its commands' dependencies inside the
@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "run_figures": {"config", "engine", "errors", "evaluation", "figures", "prep", "seg", "cls"},
     "repeat": {"cls", "config", "engine", "errors", "evaluation", "prep", "seg"},
     "demo": {"config", "engine", "errors", "figures", "prep", "repeat", "run_figures", "seg"},
+    "api": {"config", "errors", "prep", "seg"},
     "__main__": {"cli"},
 }
 
