@@ -108,6 +108,19 @@ def prepare(
         min=1,
         help="Test cases of --split random (default: 10/50 of the cases with a reference).",
     ),
+    val: int | None = typer.Option(
+        None,
+        "--val",
+        min=0,
+        help="Validation cases, taken from the train cases with a reference (default: --split random "
+        "10% of them from 10 such cases on, else 0; --split paper 0; a split file lists its own).",
+    ),
+    noise_model: str = typer.Option(
+        "relative",
+        "--noise-model",
+        help="'relative' (operations sized to each slice's structure) or 'reference' (the published "
+        "code's operations and kernel tables, one kernel scale per level).",
+    ),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Worker processes."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace PREPARED if it exists."),
 ) -> None:
@@ -128,6 +141,8 @@ def prepare(
         noisy_labels=noisy_labels,
         meta=meta,
         test=test,
+        val=val,
+        noise_model=noise_model,
         jobs=jobs,
         overwrite=overwrite,
     )

@@ -59,6 +59,8 @@ def nnunet(
     left_out = (
         f", {counts['left_out']} train case(s) without {noise} labels left out" if counts["left_out"] else ""
     )
+    if counts.get("val"):
+        left_out += f", {counts['val']} val case(s) left out (held out to validate on)"
     typer.echo(
         f"wrote {out}: {counts['train']} train + {counts['meta']} meta cases in labelsTr, "
         f"{counts['test']} test cases in imagesTs{left_out}"

@@ -23,6 +23,7 @@ from mlbseg.prep.calibrate import noisy_levels
 from mlbseg.prep.discovery import CaseSource
 from mlbseg.prep.label_noise import foreground_dice, noisy_label_levels
 from mlbseg.prep.manifest import load_npz, save_npz
+from mlbseg.prep.noise_models import noise_model_by_name
 from mlbseg.prep.normalize import apply_window, intensity_window
 from mlbseg.prep.resize import resize_labels, resize_mask, resize_slices
 from mlbseg.prep.volumes import Geometry, read_channels, read_volume
@@ -172,21 +173,29 @@ def convert_case(
 
 
 def add_noisy_masks(
-    staged: Path, target: Path, case_id: str, *, seed: int, strengths: Mapping[str, Any], num_labels: int
+    staged: Path,
+    target: Path,
+    case_id: str,
+    *,
+    seed: int,
+    strengths: Mapping[str, Any],
+    num_labels: int,
+    model: str,
 ) -> tuple[dict[str, float], dict[str, dict[int, float]] | None]:
     """Read a staged train case, add ``noisy_L1..L3`` at the calibrated strengths, write it to ``target``.
 
     ``strengths``: {level: s} for binary data (K = 2), {level: {class value: s}} for K > 2
-    (:mod:`mlbseg.prep.label_noise`). Returns the realised Dice per level ({"L1": …}; for K > 2 the mean
+    (:mod:`mlbseg.prep.label_noise`), for the noise model named ``model``
+    (:mod:`mlbseg.prep.noise_models`). Returns the realised Dice per level ({"L1": …}; for K > 2 the mean
     over foreground classes) and, for K > 2, the Dice per level and class (else None); the staged file is
     removed.
     """
-    arrays = load_npz(staged)
+    arrays, chosen = load_npz(staged), noise_model_by_name(model)
     per_class = None
     if num_labels == 2:
-        noisy, dice = noisy_levels(arrays["mask"], case_id, seed, strengths)
+        noisy, dice = noisy_levels(arrays["mask"], case_id, seed, strengths, model=chosen)
     else:
-        noisy, dice, per_class = noisy_label_levels(arrays["mask"], case_id, seed, strengths)
+        noisy, dice, per_class = noisy_label_levels(arrays["mask"], case_id, seed, strengths, model=chosen)
     arrays.update({f"noisy_{level}": mask for level, mask in noisy.items()})
     save_npz(target, arrays)
     staged.unlink()

@@ -3,11 +3,12 @@
 MLB-Seg (Wei et al., "Consistency-guided Meta-Learning for Bootstrapping Semi-Supervised Medical Image
 Segmentation", MICCAI 2023; docs/method.md §7.2) corrupts binary masks. For several structures (the
 prostate's peripheral and transition zones) each foreground class ``c`` gets today's operation family
-(:mod:`mlbseg.prep.noise`) on its own binary mask ``labels == c``, with its own seeded draws
-(``SeedSequence([seed, level, SHA-256(id), c])``) and its own strength. The noisy masks are composed into
-one label map in ascending class order, so where two noisy structures overlap **the higher class wins**;
-a pixel no noisy structure covers is background. The noisy map therefore only ever holds the dataset's
-label values.
+(:mod:`mlbseg.prep.noise`, or the published operations of :mod:`mlbseg.prep.reference_noise`: the
+model of :mod:`mlbseg.prep.noise_models`) on its own binary mask ``labels == c``, with its own seeded
+draws (``SeedSequence([seed, level, SHA-256(id), c])``) and its own strength (or kernel scale). The
+noisy masks are composed into one label map in ascending class order, so where two noisy structures
+overlap **the higher class wins**; a pixel no noisy structure covers is background. The noisy map
+therefore only ever holds the dataset's label values.
 
 Calibration, per level, runs from the highest class down: class K−1 loses nothing to the composition, so
 its strength is bisected on its own Dice as in the binary case; each lower class is bisected on the Dice
@@ -21,11 +22,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from mlbseg.prep.calibrate import calibrate_strength
-from mlbseg.prep.noise import LEVELS, TARGET_DICE, NoiseCase, draw_noise, noise_case, noisy_mask, slice_stack
+from mlbseg.prep.noise import LEVELS, TARGET_DICE
+from mlbseg.prep.noise_models import RELATIVE, NoiseModel
 
 
 @dataclass(frozen=True)
@@ -67,22 +70,16 @@ def foreground_dice(
     return (math.fsum(present) / len(present) if present else 1.0), per_class
 
 
-def _class_cases(masks: Mapping[str, np.ndarray], seed: int, level: str, value: int) -> list[NoiseCase]:
-    """One :class:`NoiseCase` per train case for the binary mask of class ``value`` (sorted ids)."""
-    cases = []
-    for case_id in sorted(masks):
-        stack = slice_stack((masks[case_id] == value).astype(np.uint8))
-        cases.append(noise_case(stack, draw_noise(seed, case_id, level, stack.shape[0], value)))
-    return cases
-
-
-def _blocked(case: NoiseCase, covered: np.ndarray) -> np.ndarray:
-    """The pixels of ``covered`` ([S, H, W] bool, the higher classes' noisy union) in ``case``'s crop."""
-    return covered[case.stack.slices][:, case.stack.box[0], case.stack.box[1]]
+def _class_case(
+    labels: np.ndarray, case_id: str, *, seed: int, level: str, value: int, model: NoiseModel
+) -> Any:
+    """The model's case for the binary mask of class ``value`` of one [S, H, W] label map."""
+    stack = model.stack((labels == value).astype(np.uint8))
+    return model.case(stack, seed, case_id, level, value)
 
 
 def calibrate_label_levels(
-    masks: Mapping[str, np.ndarray], seed: int, num_labels: int
+    masks: Mapping[str, np.ndarray], seed: int, num_labels: int, *, model: NoiseModel = RELATIVE
 ) -> dict[str, LabelCalibration]:
     """Strengths per level and class for the train label maps ``{case id: [S, H, W] uint8 0..K-1}``."""
     ids = sorted(masks)
@@ -91,11 +88,13 @@ def calibrate_label_levels(
         covered = {case_id: np.zeros(masks[case_id].shape, dtype=bool) for case_id in ids}
         strengths, class_dice = {}, {}
         for value in range(num_labels - 1, 0, -1):
-            cases = _class_cases(masks, seed, level, value)
-            blocked = [_blocked(case, covered[case_id]) for case_id, case in zip(ids, cases, strict=True)]
-            strengths[value], class_dice[value] = calibrate_strength(cases, TARGET_DICE[level], blocked)
+            cases = [_class_case(masks[i], i, seed=seed, level=level, value=value, model=model) for i in ids]
+            blocked = [model.crop(case, covered[i]) for i, case in zip(ids, cases, strict=True)]
+            strengths[value], class_dice[value] = calibrate_strength(
+                cases, TARGET_DICE[level], blocked, model=model
+            )
             for case_id, case in zip(ids, cases, strict=True):
-                covered[case_id] |= noisy_mask(case, strengths[value]).astype(bool)
+                covered[case_id] |= model.noisy(case, strengths[value]).astype(bool)
         result[level] = LabelCalibration(
             level, TARGET_DICE[level], dict(sorted(strengths.items())), dict(sorted(class_dice.items()))
         )
@@ -103,19 +102,29 @@ def calibrate_label_levels(
 
 
 def noisy_label_map(
-    labels: np.ndarray, case_id: str, seed: int, level: str, strengths: Mapping[int, float]
+    labels: np.ndarray,
+    case_id: str,
+    seed: int,
+    level: str,
+    strengths: Mapping[int, float],
+    *,
+    model: NoiseModel = RELATIVE,
 ) -> np.ndarray:
     """The composed noisy [S, H, W] uint8 label map of one case at one level (higher class wins)."""
     noisy = np.zeros(labels.shape, dtype=np.uint8)
     for value in sorted(strengths):
-        stack = slice_stack((labels == value).astype(np.uint8))
-        case = noise_case(stack, draw_noise(seed, case_id, level, stack.shape[0], value))
-        noisy[noisy_mask(case, strengths[value]).astype(bool)] = value
+        case = _class_case(labels, case_id, seed=seed, level=level, value=value, model=model)
+        noisy[model.noisy(case, strengths[value]).astype(bool)] = value
     return noisy
 
 
 def noisy_label_levels(
-    labels: np.ndarray, case_id: str, seed: int, strengths: Mapping[str, Mapping[int, float]]
+    labels: np.ndarray,
+    case_id: str,
+    seed: int,
+    strengths: Mapping[str, Mapping[int, float]],
+    *,
+    model: NoiseModel = RELATIVE,
 ) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, dict[int, float]]]:
     """Noisy maps of one case per level, their mean foreground Dice and their Dice per class.
 
@@ -124,10 +133,11 @@ def noisy_label_levels(
         case_id: The case's id (its seed stream).
         seed: The dataset's noise seed.
         strengths: ``{level: {class value: s}}`` from :func:`calibrate_label_levels`.
+        model: The noise model the strengths were calibrated for.
     """
     num_labels = max(len(per_class) for per_class in strengths.values()) + 1
     maps, means, per_class = {}, {}, {}
     for level, level_strengths in strengths.items():
-        maps[level] = noisy_label_map(labels, case_id, seed, level, level_strengths)
+        maps[level] = noisy_label_map(labels, case_id, seed, level, level_strengths, model=model)
         means[level], per_class[level] = foreground_dice(maps[level], labels, num_labels)
     return maps, means, per_class

@@ -3,20 +3,22 @@
 ``manifest.json`` keys: ``format_version`` (:data:`FORMAT_VERSION`), ``mlbseg_version``, ``source`` (raw
 folder, absolute), ``command``, ``seed``, ``slice_size``, ``normalization``, ``labels`` ({name: value},
 values 0..K-1, background 0), ``label_mode`` (binary/merge/keep), ``channels`` (the image channels
-stacked, in order), ``channel_names``, ``layout`` (pairs/msd/nnunet), ``split`` ({train, meta, test:
-sorted ids}), ``noise`` ({level: {target, strength (a number, or {label name: s} for K > 2),
-mean_dice}}), ``annotations`` ({name: {source, num_cases, mean_dice}}, the given noisy annotations) and
-``cases``: {id: {id, split, has_reference, num_slices, original_shape (z, y, x), spacing (mm, z, y, x),
-origin (mm, x, y, z), direction (9 floats, row-major), intensity_window ([low, high] per channel),
-source_files {image or images, mask} (relative to ``source``), noisy_dice {L1, L2, L3 for train cases with
-a reference; annotation names where a reference exists} and, for K > 2, noisy_dice_per_class}}
-(geometry conventions: :mod:`mlbseg.prep.volumes`).
+stacked, in order), ``channel_names``, ``layout`` (pairs/msd/nnunet), ``split`` ({train, val, meta, test:
+sorted ids; val maybe empty}), ``noise_model`` (relative/reference), ``noise`` ({level: {target, strength
+(the model's calibrated knob: a number, or {label name: s} for K > 2), mean_dice}}), ``annotations``
+({name: {source, num_cases, mean_dice}}, the given noisy annotations) and ``cases``: {id: {id, split,
+has_reference, num_slices, original_shape (z, y, x), spacing (mm, z, y, x), origin (mm, x, y, z),
+direction (9 floats, row-major), intensity_window ([low, high] per channel), source_files {image or
+images, mask} (relative to ``source``), noisy_dice {L1, L2, L3 for train cases with a reference;
+annotation names where a reference exists} and, for K > 2, noisy_dice_per_class}} (geometry conventions:
+:mod:`mlbseg.prep.volumes`).
 
 ``cases/<id>.npz`` (plain ``numpy.load``, no pickle): ``image`` float32 [S, C, size, size] in [0, 1]
 (:mod:`mlbseg.prep.normalize`; C = len(channels)), ``mask`` uint8 [S, size, size] label values and
 ``mask_original`` uint8 [S, H, W] (the reference at original resolution; both absent for a case without a
 reference), ``noisy_L1``, ``noisy_L2``, ``noisy_L3`` uint8 [S, size, size] label values for train cases
-with a reference, and ``noisy_<name>`` for a given annotation. Masks are deflated, images stored; zip
+with a reference, and ``noisy_<name>`` for a given annotation (val, meta and test cases hold no synthetic
+noisy labels). Masks are deflated, images stored; zip
 timestamps are fixed, so the same input and seed give the same bytes.
 
 A case id names files (``cases/<id>.npz`` and the outputs of other commands), so every id read from a

@@ -13,7 +13,8 @@ slice grid (the noisy labels exist only there)::
     OUT/imagesTs/<case>_<XXXX>.nii.gz     test cases' images, no labels
 
 Train cases lacking the chosen labels (an annotation that only some cases have, or ``clean`` for a case
-without a reference) are left out and counted. Geometry: the in-plane spacing is scaled by original / size,
+without a reference) are left out and counted, and so are val cases (held out from training for every
+method; nnU-Net validates on its own folds). Geometry: the in-plane spacing is scaled by original / size,
 and the origin moved to the centre of the first resized pixel (the resize is pixel-centre aligned,
 :mod:`mlbseg.prep.resize`), so every voxel keeps its physical position and the physical extent is kept.
 """
@@ -96,17 +97,21 @@ def export_nnunet(
 
     Returns:
         Case counts: ``train`` and ``meta`` (in labelsTr), ``test`` (imagesTs), ``left_out`` (train
-        cases without the chosen labels).
+        cases without the chosen labels), ``val`` (val cases, not exported).
     """
     manifest = load_manifest(prepared)
     key = _label_key(manifest, noise)
     size = int(manifest["slice_size"])
-    counts = {"train": 0, "meta": 0, "test": 0, "left_out": 0}
+    counts = {"train": 0, "meta": 0, "test": 0, "left_out": 0, "val": 0}
     with atomic_folder(out, overwrite) as folder:
         for sub in ("imagesTr", "labelsTr", "imagesTs"):
             (folder / sub).mkdir()
         for case_id, case in sorted(manifest["cases"].items()):
-            arrays, split = load_case(prepared, case_id), case["split"]
+            split = case["split"]
+            if split == "val":
+                counts["val"] += 1
+                continue
+            arrays = load_case(prepared, case_id)
             geometry = resized_geometry(case, size)
             if split == "test":
                 _write_images(folder / "imagesTs", case_id, arrays["image"], geometry)

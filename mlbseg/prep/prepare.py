@@ -1,10 +1,11 @@
 """``mlbseg prepare RAW PREPARED``: raw volumes -> normalised SIZE² slices, split, calibrated noisy masks.
 
 Steps: discover cases (:mod:`~mlbseg.prep.discovery`), split them (:mod:`~mlbseg.prep.splits`), convert
-every case in parallel (:mod:`~mlbseg.prep.convert`), calibrate the L1–L3 noise strengths on the train
-masks (:mod:`~mlbseg.prep.calibrate`), add the noisy masks to the train cases in parallel, and write the
-manifest (:mod:`~mlbseg.prep.manifest`). All of it happens in a temporary sibling of PREPARED that is
-renamed into place at the end (:mod:`~mlbseg.engine.atomic`): after an error nothing is left behind.
+every case in parallel (:mod:`~mlbseg.prep.convert`), calibrate the L1–L3 noise levels of the chosen
+noise model on the train masks (:mod:`~mlbseg.prep.calibrate`, :mod:`~mlbseg.prep.noise_models`), add
+the noisy masks to the train cases in parallel, and write the manifest (:mod:`~mlbseg.prep.manifest`).
+All of it happens in a temporary sibling of PREPARED that is renamed into place at the end
+(:mod:`~mlbseg.engine.atomic`): after an error nothing is left behind.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from mlbseg.prep.discovery import (
 from mlbseg.prep.label_noise import calibrate_label_levels
 from mlbseg.prep.manifest import CASES, FORMAT_VERSION, write_manifest
 from mlbseg.prep.noise import LEVELS, TARGET_DICE
+from mlbseg.prep.noise_models import DEFAULT_NOISE_MODEL, NoiseModel, noise_model_by_name
 from mlbseg.prep.normalize import NORMALIZATION
 from mlbseg.prep.pool import run_tasks
 from mlbseg.prep.report import print_summary
@@ -72,7 +74,7 @@ def _check_paths(raw: Path, prepared: Path, overwrite: bool) -> None:
 def _command(
     raw: Path, prepared: Path, *, options: dict[str, Any], noisy_labels: Sequence[str | Path]
 ) -> str:
-    """The equivalent ``mlbseg prepare`` command line (``--meta``/``--test`` only where given)."""
+    """The equivalent ``mlbseg prepare`` command line (``--meta``/``--test``/``--val`` only where given)."""
     words = [f"--{key}" if value is not None else "" for key, value in options.items()]
     pairs = [(word, str(value)) for word, value in zip(words, options.values(), strict=True) if word]
     folders = [("--noisy-labels", str(folder)) for folder in noisy_labels]
@@ -187,12 +189,20 @@ def _named_classes(records: dict[str, dict[str, Any]], labels: dict[str, int]) -
 
 
 def _add_noise(
-    records: dict, masks: dict, *, seed: int, labels: dict[str, int], folder: Path, jobs: int
+    records: dict,
+    masks: dict,
+    *,
+    seed: int,
+    labels: dict[str, int],
+    model: NoiseModel,
+    folder: Path,
+    jobs: int,
 ) -> dict[str, dict[str, Any]]:
     """Calibrate the strengths, write the train cases with their noisy masks; return the noise summary.
 
-    Binary data: one strength per level (:mod:`~mlbseg.prep.calibrate`); K > 2: one per level and class,
-    reported as {label name: s} (:mod:`~mlbseg.prep.label_noise`).
+    Binary data: one strength (the reference model: kernel scale) per level
+    (:mod:`~mlbseg.prep.calibrate`); K > 2: one per level and class, reported as {label name: s}
+    (:mod:`~mlbseg.prep.label_noise`).
     """
     status = Console(stderr=True)
     if not masks:
@@ -201,21 +211,23 @@ def _add_noise(
     if not any(mask.any() for mask in masks.values()):
         raise UserError(f"{folder}: every train mask is empty; check the mask files (or the --labels choice)")
     if status.is_terminal:
-        status.print("Calibrating noise levels L1–L3 on the train masks…")
+        status.print(f"Calibrating noise levels L1–L3 ({model.name} model) on the train masks…")
     num_labels = len(labels)
     if num_labels == 2:
-        calibration = calibrate_levels(masks, seed)
+        calibration = calibrate_levels(masks, seed, model=model)
         strengths: dict[str, Any] = {level: result.strength for level, result in calibration.items()}
         shown = strengths
     else:
-        by_class = calibrate_label_levels(masks, seed, num_labels)
+        by_class = calibrate_label_levels(masks, seed, num_labels, model=model)
         strengths = {level: result.strengths for level, result in by_class.items()}
         by_value = {value: name for name, value in labels.items()}
         shown = {
             level: {by_value[v]: s for v, s in per_class.items()} for level, per_class in strengths.items()
         }
     ids = sorted(masks)
-    add_noise = partial(add_noisy_masks, seed=seed, strengths=strengths, num_labels=num_labels)
+    add_noise = partial(
+        add_noisy_masks, seed=seed, strengths=strengths, num_labels=num_labels, model=model.name
+    )
     tasks = [(folder / _STAGING / f"{i}.npz", folder / CASES / f"{i}.npz", i) for i in ids]
     for case_id, (dice, per_class) in zip(ids, run_tasks(add_noise, tasks, jobs, "noisy masks"), strict=True):
         record = records[case_id]
@@ -289,6 +301,8 @@ def prepare_dataset(
     noisy_labels: Sequence[str | Path] = (),
     meta: int | None = None,
     test: int | None = None,
+    val: int | None = None,
+    noise_model: str = DEFAULT_NOISE_MODEL,
     jobs: int = 1,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -307,15 +321,26 @@ def prepare_dataset(
         noisy_labels: Folders of the user's own noisy annotations (:mod:`~mlbseg.prep.annotations`).
         meta: Meta cases of a random split (default: 3/50 of the cases with a reference).
         test: Test cases of a random split (default: 10/50 of the cases with a reference).
+        val: Val cases of a random or paper split, taken from the train cases with a reference (default:
+            random 10 % of them from 10 such cases on, else none; paper none;
+            :func:`~mlbseg.prep.splits.default_val_count`).
+        noise_model: ``relative`` or ``reference`` (:mod:`~mlbseg.prep.noise_models`).
         jobs: Worker processes.
         overwrite: Replace an existing ``prepared``.
     """
     channels = tuple(channels)
     _check_options(size, seed, channels=channels, labels=labels, jobs=jobs)
-    given = {"size": size, "split": split, "seed": seed, "channels": _joined(channels), "labels": labels}
-    command = _command(
-        Path(raw), Path(prepared), options={**given, "meta": meta, "test": test}, noisy_labels=noisy_labels
-    )
+    model = noise_model_by_name(noise_model)
+    given = {
+        "size": size,
+        "split": split,
+        "seed": seed,
+        "channels": _joined(channels),
+        "labels": labels,
+        "noise-model": model.name,
+    }
+    counts = {"meta": meta, "test": test, "val": val}
+    command = _command(Path(raw), Path(prepared), options={**given, **counts}, noisy_labels=noisy_labels)
     raw, prepared = Path(raw).absolute(), Path(prepared).absolute()
     _check_paths(raw, prepared, overwrite)
     dataset = discover_dataset(raw)
@@ -324,7 +349,7 @@ def prepare_dataset(
     options = _convert_options(size, channels, label_mode(labels, dataset.layout), dataset)
     sources = {source.case_id: source for source in dataset.cases}
     referenced = [case_id for case_id, source in sources.items() if source.mask is not None]
-    chosen = make_split(split, sorted(sources), seed, referenced=referenced, meta=meta, test=test)
+    chosen = make_split(split, sorted(sources), seed, referenced=referenced, meta=meta, test=test, val=val)
     role = {case_id: name for name in SPLITS for case_id in chosen[name]}
     check_pairs(sources[case_id] for case_id in sorted(role))
     check_annotation_grids(annotations, sources)
@@ -340,7 +365,7 @@ def prepare_dataset(
         )
         references = {sources[case_id].mask for case_id in role} - {None}
         names = kept_labels(dataset, values, references) if options.label_mode == KEEP else BINARY_LABELS
-        noise = _add_noise(records, masks, seed=seed, labels=names, folder=folder, jobs=jobs)
+        noise = _add_noise(records, masks, seed=seed, labels=names, model=model, folder=folder, jobs=jobs)
         (folder / _STAGING).rmdir()
         _named_classes(records, names)
         for case_id, record in records.items():
@@ -348,6 +373,7 @@ def prepare_dataset(
         manifest = {
             **_settings(raw, command, seed=seed, options=options, dataset=dataset, labels=names),
             "split": chosen,
+            "noise_model": model.name,
             "noise": noise,
             "annotations": _annotation_summary(annotations, records),
         }

@@ -11,13 +11,19 @@ from rich.table import Table
 TARGET_TOLERANCE = 0.02  # the promise: realised mean Dice within ±0.02 of the paper's target
 
 
-def noise_table(noise: Mapping[str, Mapping[str, Any]], dice: Mapping[str, Mapping[str, float]]) -> Table:
+KNOBS = {"relative": "strength s", "reference": "kernel scale c"}  # what each noise model calibrates
+
+
+def noise_table(
+    noise: Mapping[str, Mapping[str, Any]], dice: Mapping[str, Mapping[str, float]], model: str
+) -> Table:
     """Rows L1..L3: target, realised mean, min, max over train volumes, and the calibrated strength.
 
-    For K > 2 the Dice values are means over the foreground classes and the strengths one per class.
+    For K > 2 the Dice values are means over the foreground classes and the strengths one per class;
+    ``model``: the noise model (``relative`` or ``reference``, whose knob is a kernel scale).
     """
-    table = Table(title="Noisy training masks (per-volume 3-D Dice, noisy vs clean)")
-    for column in ("level", "target", "realised mean", "min", "max", "strength s"):
+    table = Table(title=f"Noisy training masks, {model} model (per-volume 3-D Dice, noisy vs clean)")
+    for column in ("level", "target", "realised mean", "min", "max", KNOBS[model]):
         table.add_column(column, justify="left" if column == "level" else "right")
     for level, entry in noise.items():
         values = [case[level] for case in dice.values() if level in case]
@@ -53,17 +59,22 @@ def annotation_table(annotations: Mapping[str, Mapping[str, Any]]) -> Table:
 
 
 def print_summary(console: Console, manifest: Mapping[str, Any], prepared: str) -> None:
-    """Print what was written, the noise and annotation tables; warn when a level misses its target."""
+    """Print what was written, the noise and annotation tables; warn when a level misses its target.
+
+    The first line (never wrapped) counts the cases per split: train, val (also when empty), meta, test.
+    """
     counts = ", ".join(f"{len(ids)} {name}" for name, ids in manifest["split"].items())
     without = sum(not case.get("has_reference", True) for case in manifest["cases"].values())
     note = f"; {without} train case(s) without a reference" if without else ""
     size = manifest["slice_size"]
-    console.print(f"Prepared {len(manifest['cases'])} cases ({counts}{note}) at {size}² into {prepared}")
+    console.print(
+        f"Prepared {len(manifest['cases'])} cases ({counts}{note}) at {size}² into {prepared}", soft_wrap=True
+    )
     dice = {
         case_id: case["noisy_dice"] for case_id, case in manifest["cases"].items() if "noisy_dice" in case
     }
     if manifest["noise"]:
-        console.print(noise_table(manifest["noise"], dice))
+        console.print(noise_table(manifest["noise"], dice, manifest["noise_model"]))
     if manifest.get("annotations"):
         console.print(annotation_table(manifest["annotations"]))
     for level, entry in manifest["noise"].items():

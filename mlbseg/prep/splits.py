@@ -1,19 +1,23 @@
-"""Which cases train on noisy labels, which form the clean meta set, which are held out for testing.
+"""Which cases train on noisy labels, which validate, which form the clean meta set, which are tested.
 
 Three ways (``mlbseg prepare --split``):
 
 - ``paper``: the published PROMISE12 split (docs/reference.md §6.2): 37 train, 3 meta, 10 test; needs
-  Case00–Case49 (other cases present are left out);
+  Case00–Case49 (other cases present are left out); no val, unless ``--val N`` takes N of the 37;
 - ``random``: meta and test drawn from the cases with a reference mask, ``SeedSequence(seed,
   spawn_key=(1,))`` over their sorted ids (independent of listing order), ``--meta N`` and ``--test N``
-  of them, by default the 37/3/10 proportions of those cases (rounded, at least one each); every other
-  case (those without a reference included) trains;
+  of them, by default the 37/3/10 proportions of those cases (rounded, at least one each); then val,
+  ``--val N`` of the remaining cases with a reference, by default :func:`default_val_count` of them;
+  every other case (those without a reference included) trains;
 - a YAML or JSON file with the keys ``train``, ``meta`` and ``test``, each a non-empty list of case ids
-  (plain file names: :func:`~mlbseg.prep.manifest.check_case_id`).
+  (plain file names: :func:`~mlbseg.prep.manifest.check_case_id`), and optionally ``val`` (a list,
+  maybe empty).
 
-A split is ``{"train": [...], "meta": [...], "test": [...]}`` with sorted ids; cases in none of the
-three lists are not prepared. Meta and test cases need a reference mask; a case without one (only a
-noisy annotation) can only train.
+Val cases are drawn from the train cases with a reference by ``SeedSequence(seed, spawn_key=(2,))`` over
+their sorted ids, so meta and test stay those of the split without val. A split is ``{"train": [...],
+"val": [...], "meta": [...], "test": [...]}`` with sorted ids (``val`` maybe empty); cases in none of the
+lists are not prepared. Val, meta and test cases need a reference mask; a case without one (only a noisy
+annotation) can only train.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import yaml
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import check_case_id
 
-SPLITS = ("train", "meta", "test")
+SPLITS = ("train", "val", "meta", "test")
+HELD_OUT = ("val", "meta", "test")  # the splits whose cases need a reference mask
 PAPER_META = ("Case29", "Case14", "Case05")
 PAPER_TEST = (
     "Case16",
@@ -44,7 +49,10 @@ PAPER_TEST = (
 )
 PAPER_CASES = tuple(f"Case{index:02d}" for index in range(50))
 PROPORTIONS = {"meta": 3 / 50, "test": 10 / 50}
-_RANDOM_SPLIT_STREAM = 1  # spawn key: keeps the split's draws apart from other uses of the seed
+VAL_SHARE = 0.1  # default val: this share of the train cases with a reference, rounded ...
+MIN_CASES_FOR_VAL = 10  # ... once there are at least this many of them (else no val)
+_RANDOM_SPLIT_STREAM = 1  # spawn keys: keep the split's draws apart from other uses of the seed
+_VAL_STREAM = 2
 
 Split = dict[str, list[str]]
 
@@ -121,20 +129,62 @@ def _read_split_file(path: Path) -> dict:
     return content
 
 
+def default_val_count(candidates: int) -> int:
+    """``--val`` of a random split by default: round(10 %) of ``candidates``, at least 1, from 10 on; else 0.
+
+    ``candidates``: the train cases with a reference mask once meta and test are drawn.
+
+    Example:
+        >>> [default_val_count(n) for n in (9, 10, 14, 15, 37)]
+        [0, 1, 1, 2, 4]
+    """
+    if candidates < MIN_CASES_FOR_VAL:
+        return 0
+    return max(1, int(np.floor(candidates * VAL_SHARE + 0.5)))
+
+
+def hold_out_val(split: Split, seed: int, *, referenced: Sequence[str], count: int | None) -> Split:
+    """``split`` with ``count`` of its train cases with a reference moved to ``val`` (seeded).
+
+    ``count`` None: :func:`default_val_count`. UserError naming ``--val`` when the count is negative, more
+    than the train cases with a reference, or leaves no train case.
+    """
+    candidates = sorted(set(split["train"]) & set(referenced))
+    count = default_val_count(len(candidates)) if count is None else count
+    if count < 0:
+        raise UserError(f"--val {count}: expected a count >= 0")
+    if count > len(candidates) or count >= len(split["train"]):
+        raise UserError(
+            f"--val {count}: only {len(candidates)} train case(s) have a reference mask (val needs one) "
+            f"and at least one of the {len(split['train'])} train cases must be left to train"
+        )
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_VAL_STREAM,)))
+    val = {candidates[i] for i in rng.permutation(len(candidates))[:count]}
+    train = [case for case in split["train"] if case not in val]
+    return {"train": train, "val": sorted(val), "meta": split["meta"], "test": split["test"]}
+
+
+def _id_list(content: dict, name: str, path: Path, *, required: bool) -> list[str]:
+    """The sorted ids under ``name``: a list of strings (non-empty where ``required``); UserError else."""
+    ids = content.get(name, None if required else [])
+    if not isinstance(ids, list) or (required and not ids) or not all(isinstance(c, str) for c in ids):
+        kind = "a non-empty list" if required else "a list"
+        raise UserError(f"{path}: '{name}' must be {kind} of case ids (strings)")
+    return sorted(check_case_id(case, path) for case in ids)
+
+
 def file_split(path: Path, available: Sequence[str]) -> Split:
-    """Read and validate a split file: known keys, non-empty lists of plain, known, non-repeated ids."""
+    """Read and validate a split file: known keys, lists of plain, known, non-repeated ids.
+
+    ``train``, ``meta`` and ``test`` must be non-empty; ``val`` is optional and may be empty.
+    """
     content = _read_split_file(path)
-    unknown_keys = sorted(set(content) - set(SPLITS))
+    unknown_keys = sorted(set(content) - set(SPLITS), key=str)
     if unknown_keys:
         raise UserError(
-            f"{path}: unknown key(s) {', '.join(map(str, unknown_keys))}; expected train, meta, test"
+            f"{path}: unknown key(s) {', '.join(map(str, unknown_keys))}; expected train, val, meta, test"
         )
-    split: Split = {}
-    for name in SPLITS:
-        ids = content.get(name)
-        if not isinstance(ids, list) or not ids or not all(isinstance(case, str) for case in ids):
-            raise UserError(f"{path}: '{name}' must be a non-empty list of case ids (strings)")
-        split[name] = sorted(check_case_id(case, path) for case in ids)
+    split: Split = {name: _id_list(content, name, path, required=name != "val") for name in SPLITS}
     listed = Counter(case for name in SPLITS for case in split[name])
     repeated = sorted(case for case, count in listed.items() if count > 1)
     if repeated:
@@ -148,11 +198,11 @@ def file_split(path: Path, available: Sequence[str]) -> Split:
 
 
 def _check_references(split: Split, referenced: Sequence[str], source: str) -> None:
-    """Meta and test cases need a reference mask; UserError naming ``source`` (the split file or option)."""
-    lacking = sorted(set(split["meta"] + split["test"]) - set(referenced))
+    """Val, meta and test cases need a reference mask; UserError naming ``source`` (the file or option)."""
+    lacking = sorted({case for name in HELD_OUT for case in split.get(name, [])} - set(referenced))
     if lacking:
         raise UserError(
-            f"{source}: case(s) without a reference mask in meta or test: {', '.join(lacking[:5])}; "
+            f"{source}: case(s) without a reference mask in val, meta or test: {', '.join(lacking[:5])}; "
             "such cases can only train"
         )
 
@@ -165,25 +215,30 @@ def make_split(
     referenced: Sequence[str] | None = None,
     meta: int | None = None,
     test: int | None = None,
+    val: int | None = None,
 ) -> Split:
     """Resolve ``--split`` (``paper``, ``random`` or a file path) against the ``available`` case ids.
 
-    ``referenced``: the ids with a reference mask (default: all), the only ones meta and test may hold;
-    ``meta``, ``test``: the counts of a random split (``--meta``, ``--test``; random split only).
+    ``referenced``: the ids with a reference mask (default: all), the only ones val, meta and test may
+    hold; ``meta``, ``test``: the counts of a random split (``--meta``, ``--test``; random split only);
+    ``val``: the val count of a random or paper split (``--val``; default :func:`default_val_count` for
+    random, 0 for paper; a split file lists its own).
     """
     if (meta is not None or test is not None) and spec != "random":
         raise UserError(f"--meta/--test set the counts of --split random; --split {spec} fixes its own")
+    if val is not None and spec not in ("random", "paper"):
+        raise UserError(f"--val sets the val count of --split random or paper; {spec} lists its own val")
     referenced = sorted(available) if referenced is None else referenced
     if spec == "random":
-        return random_split(available, seed, referenced=referenced, meta=meta, test=test)
+        split = random_split(available, seed, referenced=referenced, meta=meta, test=test)
+        return hold_out_val(split, seed, referenced=referenced, count=val)
     if spec == "paper":
-        split, source = paper_split(available), "--split paper"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(
-                f"--split {spec}: expected 'paper', 'random' or a YAML/JSON split file; no such file"
-            )
-        split, source = file_split(path, available), str(path)
-    _check_references(split, referenced, source)
+        split = paper_split(available)
+        _check_references(split, referenced, "--split paper")
+        return hold_out_val(split, seed, referenced=referenced, count=val or 0)
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"--split {spec}: expected 'paper', 'random' or a YAML/JSON split file; no such file")
+    split = file_split(path, available)
+    _check_references(split, referenced, str(path))
     return split

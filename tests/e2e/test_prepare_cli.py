@@ -63,7 +63,7 @@ def test_synth_then_prepare(raw, tmp_path):
     out = tmp_path / "prepared"
     result = runner.invoke(app, ["prepare", str(raw), str(out), "--size", "32", "--seed", "4"])
     assert result.exit_code == 0, result.output
-    assert "Prepared 6 cases (4 train, 1 meta, 1 test) at 32²" in result.stdout
+    assert "Prepared 6 cases (4 train, 0 val, 1 meta, 1 test) at 32²" in result.stdout
     for level, target in (("L1", "0.4148"), ("L2", "0.6206"), ("L3", "0.8031")):
         assert f"{level} " in result.stdout
         assert target in result.stdout

@@ -31,7 +31,10 @@ def test_zones_with_a_rater_and_a_case_without_reference(zones, tmp_path):
     args = ["prepare", str(raw), str(out), "--size", "32", "--channels", "0,1", "--meta", "1", "--test", "1"]
     result = runner.invoke(app, [*args, "--noisy-labels", str(zones / "rater2")])
     assert result.exit_code == 0, result.output
-    assert "Prepared 6 cases (4 train, 1 meta, 1 test; 1 train case(s) without a reference)" in result.stdout
+    assert (
+        "Prepared 6 cases (4 train, 0 val, 1 meta, 1 test; 1 train case(s) without a reference)"
+        in result.stdout
+    )
     assert "rater2" in result.stdout
     assert "PZ " in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())

@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from mlbseg.prep.phantom import make_phantom
+from mlbseg.prep.resize import resize_mask
 from mlbseg.prep.volumes import write_volume
 
 GEOMETRY = {
@@ -67,3 +69,11 @@ def write_nnunet(root: Path, count=4, shape=(6, 24, 24), *, ending=".nii.gz", la
     spec = {"channel_names": channels, "labels": labels, "numTraining": count, "file_ending": ending}
     (root / "dataset.json").write_text(json.dumps(spec))
     return root
+
+
+def phantom_family(count, size):
+    """Gland masks ({id: [S, size, size] uint8 0/1}) of the synthetic phantoms, resized like prepare does."""
+    rng = np.random.default_rng(7)
+    return {
+        f"Case{i:02d}": resize_mask(make_phantom(rng, (48, 96), (10, 24)).mask, size) for i in range(count)
+    }

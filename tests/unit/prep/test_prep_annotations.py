@@ -40,7 +40,7 @@ def test_annotations_are_stored_scored_and_summarised(own_data, tmp_path):
     raw, rater = own_data
     manifest = prepare_dataset(raw, tmp_path / "p", size=16, seed=2, noisy_labels=[rater], meta=1, test=2)
     split, cases = manifest["split"], manifest["cases"]
-    assert {name: len(ids) for name, ids in split.items()} == {"train": 4, "meta": 1, "test": 2}
+    assert {name: len(ids) for name, ids in split.items()} == {"train": 4, "val": 0, "meta": 1, "test": 2}
     assert "Case06" in split["train"]
     assert f"--meta 1 --test 2 --noisy-labels {rater}" in manifest["command"]
     assert cases["Case06"]["has_reference"] is False
@@ -74,7 +74,7 @@ def test_a_case_without_reference_never_goes_to_meta_or_test(own_data, tmp_path)
     split_file = tmp_path / "split.yaml"
     split_file.write_text("train: [Case00, Case01]\nmeta: [Case06]\ntest: [Case02]\n")
     with pytest.raises(
-        UserError, match=r"split\.yaml: case\(s\) without a reference mask in meta or test: Case06"
+        UserError, match=r"split\.yaml: case\(s\) without a reference mask in val, meta or test: Case06"
     ):
         prepare_dataset(raw, tmp_path / "q", split=str(split_file), noisy_labels=[rater])
     with pytest.raises(UserError, match=r"Case06\.mhd: no mask for this image"):

@@ -11,6 +11,7 @@ from mlbseg.prep.label_noise import (
     noisy_label_map,
 )
 from mlbseg.prep.noise import TARGET_DICE, draw_noise, noise_case, noisy_mask, slice_stack
+from mlbseg.prep.noise_models import REFERENCE, RELATIVE
 from mlbseg.prep.phantom import make_phantom
 from mlbseg.prep.resize import resize_mask
 
@@ -26,11 +27,14 @@ def zones_family(count, size):
     return maps
 
 
-def test_mean_over_classes_hits_every_target_and_each_class_does_too():
+@pytest.mark.parametrize("model", [RELATIVE, REFERENCE], ids=lambda model: model.name)
+def test_mean_over_classes_hits_every_target_and_each_class_does_too(model):
     maps = zones_family(10, 64)
-    calibration = calibrate_label_levels(maps, seed=0, num_labels=3)
+    calibration = calibrate_label_levels(maps, seed=0, num_labels=3, model=model)
     strengths = {level: result.strengths for level, result in calibration.items()}
-    realised = [noisy_label_levels(labels, case_id, 0, strengths) for case_id, labels in maps.items()]
+    realised = [
+        noisy_label_levels(labels, case_id, 0, strengths, model=model) for case_id, labels in maps.items()
+    ]
     for level, target in TARGET_DICE.items():
         mean = np.mean([means[level] for _, means, _ in realised])
         assert abs(mean - target) <= 0.02, (level, mean)
@@ -72,3 +76,18 @@ def test_foreground_dice_by_hand():
     assert per_class == {1: pytest.approx(0.5), 2: pytest.approx(0.8)}
     assert mean == pytest.approx(0.65)
     assert foreground_dice(reference * 0, reference * 0, 3) == (1.0, {1: 1.0, 2: 1.0})
+
+
+def test_reference_model_per_structure_keeps_the_higher_class_and_its_own_streams():
+    labels = zones_family(1, 64)["Case00"]
+    strengths = {1: 1.2, 2: 1.2}
+    noisy = noisy_label_map(labels, "Case00", 3, "L2", strengths, model=REFERENCE)
+    assert set(np.unique(noisy)) <= {0, 1, 2}
+    own = {}
+    for value in (1, 2):
+        stack = REFERENCE.stack((labels == value).astype(np.uint8))
+        own[value] = REFERENCE.noisy(REFERENCE.case(stack, 3, "Case00", "L2", value), 1.2)
+    np.testing.assert_array_equal(noisy == 2, own[2] == 1)
+    np.testing.assert_array_equal(noisy == 1, (own[1] == 1) & (own[2] == 0))
+    relative = noisy_label_map(labels, "Case00", 3, "L2", {1: 0.3, 2: 0.3})
+    assert not np.array_equal(noisy, relative)

@@ -26,7 +26,9 @@ def prepared(tmp_path_factory):
     for case_id in ("case_000", "case_001", "case_002", "case_003", "case_004"):
         labels, geometry = read_volume(raw / "labelsTr" / f"{case_id}.nii.gz")
         write_volume(rater / f"{case_id}.nii.gz", np.roll(labels, 1, axis=2), geometry)
-    prepare_dataset(raw, root / "prepared", size=16, channels=(0, 1), noisy_labels=[rater], meta=1, test=1)
+    prepare_dataset(
+        raw, root / "prepared", size=16, channels=(0, 1), noisy_labels=[rater], meta=1, test=1, val=1
+    )
     return root / "prepared"
 
 
@@ -48,6 +50,11 @@ def test_export_is_a_valid_nnunet_dataset_whose_masks_round_trip(prepared, tmp_p
     assert len(list((out / "imagesTs").iterdir())) == 2 * counts["test"] == 2 * len(manifest["split"]["test"])
     lacking = [i for i in manifest["split"]["train"] if noise == "rater" and i == "case_005"]
     assert counts["left_out"] == len(lacking)
+    (val_id,) = manifest["split"]["val"]
+    assert counts["val"] == 1  # held out from training for every method: not exported
+    assert not any(
+        p.name.startswith(val_id) for sub in ("imagesTr", "imagesTs") for p in (out / sub).iterdir()
+    )
     for name in labels:
         case_id = name.removesuffix(".nii.gz")
         case, arrays = manifest["cases"][case_id], load_case(prepared, case_id)

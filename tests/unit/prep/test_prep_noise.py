@@ -18,16 +18,8 @@ from mlbseg.prep.noise import (
     signed_distance,
     slice_stack,
 )
-from mlbseg.prep.phantom import make_phantom
-from mlbseg.prep.resize import resize_mask
 
-
-def phantom_family(count, size):
-    """Gland masks of the synthetic phantoms, resized like prepare does."""
-    rng = np.random.default_rng(7)
-    return {
-        f"Case{i:02d}": resize_mask(make_phantom(rng, (48, 96), (10, 24)).mask, size) for i in range(count)
-    }
+from ._helpers import phantom_family
 
 
 def other_family(count, size):

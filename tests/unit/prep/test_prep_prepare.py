@@ -8,7 +8,7 @@ import pytest
 
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import FORMAT_VERSION, load_case, load_manifest
-from mlbseg.prep.noise import TARGET_DICE
+from mlbseg.prep.noise import TARGET_DICE, draw_noise, noise_case, noisy_mask, slice_stack
 from mlbseg.prep.prepare import prepare_dataset
 from mlbseg.prep.synth import write_phantoms
 from mlbseg.prep.volumes import read_volume
@@ -38,9 +38,17 @@ def test_manifest_follows_the_format(prepared, phantoms):
     assert manifest["slice_size"] == 32
     assert manifest["source"] == str(phantoms.absolute())
     assert manifest["seed"] == 3
+    assert manifest["noise_model"] == "relative"
+    assert "--noise-model relative" in manifest["command"]
+    assert "--val" not in manifest["command"]
     assert manifest["command"].startswith("mlbseg prepare ")
     assert "--size 32" in manifest["command"]
-    assert {name: len(ids) for name, ids in manifest["split"].items()} == {"train": 4, "meta": 1, "test": 1}
+    assert {name: len(ids) for name, ids in manifest["split"].items()} == {
+        "train": 4,
+        "val": 0,
+        "meta": 1,
+        "test": 1,
+    }
     assert sorted(manifest["cases"]) == [f"Case{i:02d}" for i in range(6)]
     case = manifest["cases"]["Case01"]
     image, geometry = read_volume(phantoms / "Case01.mhd")
@@ -78,6 +86,10 @@ def test_case_arrays(prepared, phantoms):
         for level, dice in case.get("noisy_dice", {}).items():
             noisy, clean = arrays[f"noisy_{level}"], arrays["mask"]
             assert dice == pytest.approx(2 * (noisy & clean).sum() / (noisy.sum() + clean.sum()))
+            # the relative model is today's operations, unchanged: the noise module's own primitives
+            strength = manifest["noise"][level]["strength"]
+            draws = draw_noise(3, case_id, level, num)
+            np.testing.assert_array_equal(noisy, noisy_mask(noise_case(slice_stack(clean), draws), strength))
 
 
 def test_same_seed_same_bytes_and_jobs_do_not_matter(prepared, phantoms, tmp_path):
@@ -163,3 +175,45 @@ def test_nifti_pairs_and_option_checks(tmp_path):
     with pytest.raises(UserError, match="every train mask is empty"):
         prepare_dataset(empty, tmp_path / "q", size=16)
     assert not (tmp_path / "q").exists()
+
+
+def test_reference_noise_model_and_a_val_split(prepared, phantoms, tmp_path):
+    out = tmp_path / "reference"
+    manifest = prepare_dataset(phantoms, out, size=32, seed=3, val=1, noise_model="reference")
+    assert manifest["noise_model"] == "reference"
+    assert "--noise-model reference" in manifest["command"]
+    assert "--val 1" in manifest["command"]
+    assert {name: len(ids) for name, ids in manifest["split"].items()} == {
+        "train": 3,
+        "val": 1,
+        "meta": 1,
+        "test": 1,
+    }
+    relative = load_manifest(prepared)
+    assert (manifest["split"]["meta"], manifest["split"]["test"]) == (
+        relative["split"]["meta"],
+        relative["split"]["test"],
+    )
+    (val_id,) = manifest["split"]["val"]
+    assert val_id in relative["split"]["train"]
+    val_case = manifest["cases"][val_id]
+    assert val_case["split"] == "val"
+    assert "noisy_dice" not in val_case
+    assert set(load_case(out, val_id)) == {"image", "mask", "mask_original"}
+    assert all(0 < entry["strength"] < 4 for entry in manifest["noise"].values())
+    for case_id in manifest["split"]["train"]:
+        arrays, reference_case = load_case(out, case_id), load_case(prepared, case_id)
+        assert set(arrays) == {"image", "mask", "mask_original", "noisy_L1", "noisy_L2", "noisy_L3"}
+        np.testing.assert_array_equal(arrays["mask"], reference_case["mask"])
+        assert not np.array_equal(arrays["noisy_L1"], reference_case["noisy_L1"])
+        for level, dice in manifest["cases"][case_id]["noisy_dice"].items():
+            noisy, clean = arrays[f"noisy_{level}"], arrays["mask"]
+            assert dice == pytest.approx(2 * (noisy & clean).sum() / (noisy.sum() + clean.sum()))
+
+
+def test_unknown_noise_model_and_impossible_val_leave_nothing(phantoms, tmp_path):
+    with pytest.raises(UserError, match="--noise-model published: choose one of relative, reference"):
+        prepare_dataset(phantoms, tmp_path / "p", size=16, noise_model="published")
+    with pytest.raises(UserError, match="--val 5: only 4 train case"):
+        prepare_dataset(phantoms, tmp_path / "p", size=16, val=5)
+    assert list(tmp_path.iterdir()) == []
