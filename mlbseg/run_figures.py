@@ -1,24 +1,103 @@
 """Figures of trained runs: gathers a run's arrays through its task and draws them with :mod:`mlbseg.figures`.
 
 :mod:`mlbseg.figures` is a drawing layer (arrays in, file out) that knows no task; this module sits above the
-tasks and feeds it: the Figure-5 overlays of prepared cases predicted by a segmentation run, and the per-case
-results of a repeat's segmentation runs.
+tasks and feeds it: the Figure-5 overlays of prepared cases predicted by a segmentation run, the overlays of
+several runs on one test case at original resolution, and the per-case results of a repeat's runs.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
+from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
-from mlbseg.figures import check_figure_path
-from mlbseg.figures.overlay import default_slices, overlay_figure
+from mlbseg.evaluation.metrics import labels_from_probabilities
+from mlbseg.evaluation.resample import probabilities_to_original
+from mlbseg.figures import check_figure_path, save_figure
+from mlbseg.figures.overlay import default_slices, draw_method_overlays, overlay_figure
+from mlbseg.prep.manifest import label_names, load_manifest
 from mlbseg.seg.config import METHODS
-from mlbseg.seg.data import split_cases
+from mlbseg.seg.data import load_volumes, split_cases
+from mlbseg.seg.evaluate import load_trained_model
+from mlbseg.seg.inference import predict_probabilities
 from mlbseg.seg.predict import case_layers, load_predictor
 
 SUMMARY = "summary.json"
+
+
+def write_method_overlays(
+    run_dirs: Sequence[Path],
+    out: Path,
+    *,
+    names: Sequence[str] = (),
+    case: str | None = None,
+    slices: Sequence[int] = (),
+    checkpoint: str = "final",
+    device: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """One row per run on one test case at original resolution, as evaluated (docs/evaluation.md §1).
+
+    Contours of ``mask_original`` and of each run's prediction resampled to the original grid and turned
+    into labels exactly as ``evaluate`` does; the grey image is the prepared slice resized back to that grid
+    (its first channel). The runs must share their prepared dataset, so every row shows the same slices.
+
+    Args:
+        run_dirs: Run folders, drawn top to bottom.
+        out: The figure (PNG, PDF or SVG).
+        names: One row name per run; default each run's ``method.name`` (the folder name if two repeat).
+        case: A test case; default the first.
+        slices: Slice indices; default apex, mid-gland and base of the reference.
+        checkpoint: ``final``, ``last`` or a checkpoint path, for every run.
+        device: Where the networks run.
+        overwrite: Replace an existing ``out``.
+
+    Raises:
+        UserError: No runs, names not one per run, runs on different prepared datasets, an unknown case or
+            slice, a bad ``out`` (all before any prediction).
+    """
+    check_figure_path(out, overwrite=overwrite)
+    if not run_dirs or (names and len(names) != len(run_dirs)):
+        raise UserError(f"--label: {len(names)} name(s) for {len(run_dirs)} run(s); give one per run")
+    torch_device = resolve_device(device)
+    runs = [load_trained_model(run_dir, checkpoint, torch_device) for run_dir in run_dirs]
+    prepared = {Path(cfg.data.prepared) for cfg, _, _ in runs}
+    if len(prepared) != 1:
+        raise UserError(
+            f"the runs were trained on different prepared datasets ({sorted(map(str, prepared))})"
+        )
+    (folder,) = prepared
+    volumes = {volume.case_id: volume for volume in load_volumes(folder, "test", torch_device)}
+    chosen = case or next(iter(volumes))
+    if chosen not in volumes:
+        raise UserError(f"--case: {chosen} is not a test case of {folder}: {sorted(volumes)}")
+    volume = volumes[chosen]
+    shown = list(slices) or default_slices(volume.mask_original > 0)
+    if not all(0 <= k < len(volume.mask_original) for k in shown):
+        raise UserError(
+            f"--slices: {list(shown)} out of range for {chosen} (0..{len(volume.mask_original) - 1})"
+        )
+    original = volume.mask_original.shape[1:]
+    methods = [cfg.method.name for cfg, _, _ in runs]
+    rows = list(names) or (methods if len(set(methods)) == len(methods) else [path.name for path in run_dirs])
+    predictions = {}
+    for row, (_, model, _) in zip(rows, runs, strict=True):
+        probs = probabilities_to_original(predict_probabilities(model, volume.images).cpu(), original)
+        predictions[row] = labels_from_probabilities(probs).numpy()
+    image = probabilities_to_original(volume.images[:, :1].cpu(), original)[:, 0].numpy()
+    classes = label_names(load_manifest(folder))[1:]
+    figure = draw_method_overlays(
+        image,
+        volume.mask_original,
+        predictions,
+        slices=shown,
+        class_names=classes if len(classes) > 1 else None,
+    )
+    figure.suptitle(f"{chosen} (test), original resolution", fontsize=10)
+    return save_figure(figure, out, overwrite=overwrite)
 
 
 def repeat_case_values(repeat_dir: Path, metric: str) -> dict[str, dict[str, list[float]]]:

@@ -1,4 +1,4 @@
-"""``mlbseg figure overlay|weights|curves|compare|cls-weights``: overlays, α/β maps, curves, per-case boxes.
+"""``mlbseg figure overlay|methods|weights|curves|compare|cls-weights``: overlays, α/β maps, curves, boxes.
 
 Every command writes PNG, PDF or SVG by the ``--out`` extension (other extensions are refused before any
 work); defaults are PNG.
@@ -69,6 +69,41 @@ def overlay(
     )
     for path in paths:
         typer.echo(f"wrote {path}")
+
+
+def methods(
+    run_dirs: list[Path] = typer.Argument(..., help="Run folders trained on the same prepared dataset."),
+    out: Path = typer.Option(..., "--out", help="The figure: PNG, PDF or SVG."),
+    case: str | None = typer.Option(None, "--case", help="A test case, e.g. Case12; default the first."),
+    slices: list[str] = typer.Option(
+        [], "--slices", help="Slice indices, e.g. 5,10,15; default: apex/mid/base."
+    ),
+    labels: list[str] = typer.Option(
+        [], "--label", help="One row name per run (repeat or comma list); default each run's method.name."
+    ),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, last, or a checkpoint path."),
+    device: str = DEVICE,
+    overwrite: bool = OVERWRITE,
+) -> None:
+    """One row per run on a test case at original resolution: reference and prediction, as evaluated."""
+    from mlbseg.errors import UserError
+    from mlbseg.run_figures import write_method_overlays
+
+    try:
+        indices = [int(item) for item in _items(slices)]
+    except ValueError:
+        raise UserError(f"--slices: expected slice numbers such as 5,10,15, got {slices}") from None
+    path = write_method_overlays(
+        run_dirs,
+        out,
+        names=_items(labels),
+        case=case,
+        slices=indices,
+        checkpoint=checkpoint,
+        device=device,
+        overwrite=overwrite,
+    )
+    typer.echo(f"wrote {path}")
 
 
 def weights(
@@ -176,6 +211,6 @@ def cls_weights(
     typer.echo(f"wrote {cls_weights_figure(log, target, count=count, epoch=chosen, overwrite=overwrite)}")
 
 
-for _command in (overlay, weights, curves, compare):
+for _command in (overlay, methods, weights, curves, compare):
     app.command()(reports_user_errors(_command))
 app.command("cls-weights")(reports_user_errors(cls_weights))

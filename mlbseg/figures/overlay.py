@@ -208,6 +208,54 @@ def draw_overlay(
     return figure
 
 
+def draw_method_overlays(
+    image: np.ndarray,
+    reference: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    *,
+    slices: Sequence[int] | None = None,
+    panel_size: float = 2.4,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
+    """One row per method, one column per slice: the reference and that method's prediction.
+
+    The same slices in every row, so methods compare at a glance; each row starts with the method's name
+    and each panel's title gives the slice and its 2-D Dice against the reference (K > 2 labels: the mean
+    over the foreground classes).
+
+    Args:
+        image: Intensities [S, H, W] on the grid of the masks (e.g. the original grid).
+        reference: Reference label values [S, H, W].
+        predictions: ``{method name: predicted label values [S, H, W]}``, drawn top to bottom.
+        slices: Slice indices; default :func:`default_slices` of the reference.
+        panel_size: Panel width in inches.
+        class_names: As :func:`draw_overlay`.
+    """
+    if not predictions:
+        raise ValueError("draw_method_overlays needs at least one method's prediction")
+    image = _as_stack(image, "image")
+    reference = _as_stack(reference, "reference", image.shape)
+    masks = {
+        name: _as_stack(mask, f"prediction of {name}", image.shape) for name, mask in predictions.items()
+    }
+    shown = _slices_and_titles(reference > 0, slices, None)
+    names = list(class_names or [])
+    values = list(range(1, len(names) + 1)) if len(names) > 1 else [1]
+    height, width = image.shape[1:]
+    figure = new_figure(panel_size * len(shown), panel_size * height / width * len(masks) + LEGEND_INCHES)
+    grid = figure.subplots(len(masks), len(shown), squeeze=False)
+    for row, (method, prediction) in zip(grid, masks.items(), strict=True):
+        layers = [("Reference", reference), ("Prediction", prediction)]
+        for column, (ax, (k, title)) in enumerate(zip(row, shown, strict=True)):
+            dice = _slice_dice(prediction[k], reference[k], values)
+            _draw_panel(ax, image[k], _contours(layers, k, values), f"{title}, Dice {dice:.3f}")
+            if column == 0:  # the method's name left of its row (axis labels are off)
+                ax.text(-0.06, 0.5, method, transform=ax.transAxes, rotation=90, ha="right", va="center")
+    handles = _legend_handles([("Reference", reference), ("Prediction", reference)], names, values)
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, fontsize=9)
+    return figure
+
+
 def overlay_figure(
     image: np.ndarray,
     reference: np.ndarray,
