@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from mlbseg.config import absolute_path, check_range, choice
 from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
 from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
-from mlbseg.seg.model import ARCHITECTURES
+from mlbseg.seg.model import ARCHITECTURES, check_architecture_keys
 
 # The built-in training labels: the synthetic noisy levels and the clean reference (the upper bound).
 NOISE_LEVELS = ("L1", "L2", "L3", "clean")
@@ -22,25 +23,48 @@ NOISE_LEVELS = ("L1", "L2", "L3", "clean")
 ANNOTATION_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
+# The noisy labels' loss outside meta-weighting: the mean per-pixel cost (BCE or CE), or a robust loss of
+# mlbseg.seg.losses (GCE, MAE, noise-robust Dice, T-Loss).
+NOISY_LOSSES = ("mean", "gce", "mae", "nr_dice", "tloss")
+
+
 @dataclass(frozen=True)
 class MethodTraits:
-    """Which parts of the training step a method uses (docs/design.md §4)."""
+    """Which parts of the training step a method uses, and the defaults of its optional parts (§4.1).
 
+    ``consistency_weight`` and ``ema`` are the method's defaults for ``method.consistency_weight`` and
+    ``method.ema.enabled`` (what a config's ``null`` means); None says the method has no such term, and
+    the config's value is then resolved to off (:meth:`MethodConfig.__post_init__`).
+    """
+
+    loss: str = "mean"  # the noisy labels' loss (one of NOISY_LOSSES) when they are not meta-weighted
     meta_weights: bool = False  # α from the meta engine
     pseudo_labels: bool = False  # β and its multi-view pseudo-label
     views: bool = False  # the five views (when method.views.enabled)
-    teacher: bool = False  # the EMA teacher (when method.ema.enabled)
+    consistency_weight: float | None = None  # default multi-view consistency weight; None: no such term
+    ema: bool | None = None  # the EMA teacher on (True) or off (False) by default; None: no teacher
     meta_batch_step: bool = False  # the extra supervised step on the clean meta batch
 
 
-# The registry of training methods: ``method.name`` is one of its keys.
+# MLB-Seg's own parts (Wei et al., MICCAI 2023): the views, multi-view consistency (weight 1) and the EMA
+# teacher, as promise12_mlbseg.yaml has always set them.
+_MLBSEG_PARTS = {"views": True, "consistency_weight": 1.0, "ema": True, "meta_batch_step": True}
+
+# The registry of training methods: ``method.name`` is one of its keys (docs/design.md §4.1).
 METHODS: dict[str, MethodTraits] = {
     "baseline": MethodTraits(),  # mean BCE on the noisy labels (the paper's Table 8 baseline)
     "baseline_plus_meta": MethodTraits(meta_batch_step=True),  # + the clean meta batch: the fair control
+    # MLB-Seg with uniform weights: the mean cost of the views (no α/β), consistency, EMA, meta-batch
+    # step; MLB-Seg minus views_meta is the meta-weighting's own share.
+    "views_meta": MethodTraits(**_MLBSEG_PARTS),
     "l2rw": MethodTraits(meta_weights=True, meta_batch_step=True),  # α only (Ren et al., 2018)
-    "mlbseg": MethodTraits(
-        meta_weights=True, pseudo_labels=True, views=True, teacher=True, meta_batch_step=True
-    ),
+    # α/β with the five views, no consistency, no EMA: the L2B paper's segmentation setting (Zhou et al.)
+    "l2b_seg": MethodTraits(meta_weights=True, pseudo_labels=True, views=True, meta_batch_step=True),
+    "mlbseg": MethodTraits(meta_weights=True, pseudo_labels=True, **_MLBSEG_PARTS),
+    "gce": MethodTraits(loss="gce"),  # Zhang & Sabuncu, NeurIPS 2018
+    "mae": MethodTraits(loss="mae"),  # Ghosh et al., AAAI 2017
+    "nr_dice": MethodTraits(loss="nr_dice"),  # Wang et al., IEEE TMI 2020
+    "tloss": MethodTraits(loss="tloss"),  # Gonzalez-Jimenez et al., MICCAI 2023
 }
 
 
@@ -61,7 +85,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """UNet++ from segmentation-models-pytorch (encoder_depth 4 so 144×144 works)."""
+    """The network: smp UNet++/U-Net (encoder_depth 4 so 144×144 works) or the reference's NestedUNet."""
 
     arch: str = choice("unetplusplus", tuple(ARCHITECTURES))
     encoder: str = "resnet34"
@@ -70,6 +94,8 @@ class ModelConfig:
     encoder_weights: str | None = None  # path to a local encoder state dict; nothing is downloaded
     # Initial foreground probability of the head (bias = logit(p)); None = smp's zero bias (p = 0.5).
     foreground_prior: float | None = None
+    # nested_unet only: filter widths per level (None: the published 64, 128, 256, 512, 1024).
+    features: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +108,9 @@ class ViewsConfig:
 
 @dataclass(frozen=True)
 class EMAConfig:
-    """Mean-teacher consistency (MLB-Seg's EMA option)."""
+    """Mean-teacher consistency (MLB-Seg's EMA teacher)."""
 
-    enabled: bool = False
+    enabled: bool | None = None  # None: the method's default (on for mlbseg and views_meta)
     decay: float = 0.99
     noise_std: float = 0.02  # Gaussian noise on the teacher's input
     weight: float = 1.0
@@ -92,12 +118,13 @@ class EMAConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """The method switch (docs/design.md §4) and the meta engine's settings.
+    """The method switch (docs/design.md §4.1), the meta engine's settings and the robust losses' parameters.
 
-    One config serves every method: the five views, the multi-view consistency and the EMA teacher are
-    MLB-Seg's components and take effect only with ``name: mlbseg``; ``baseline`` is the mean BCE on the
-    noisy labels (Table 8), ``baseline_plus_meta`` adds the supervised step on the clean meta batch,
-    ``l2rw`` adds per-pixel α weights from the meta engine.
+    One config serves every method; each part takes effect only with a method that has it
+    (:data:`METHODS`). ``consistency_weight: null`` and ``ema.enabled: null`` mean the method's default;
+    they are resolved once, when the config is built (:meth:`__post_init__`), so the run's saved
+    ``config.yaml`` holds the values that ran: a method without the part gets 0 / false whatever the YAML
+    said, a method with it the YAML's value or its default.
     """
 
     name: str = choice("mlbseg", tuple(METHODS))
@@ -105,10 +132,23 @@ class MethodConfig:
     normalize: str = "org"  # see mlbseg.meta: clamp_sum (org), softmax_per_sample, sigmoid_sum, ...
     temperature: float = 1.0
     meta_batch_size: int = 2  # clean meta slices per step and process (five views each when enabled)
-    consistency_weight: float = 0.0  # MLB-Seg multi-view consistency; 0 = off
+    # Multi-view consistency weight; null = the method's default (1 for mlbseg and views_meta), 0 = off.
+    consistency_weight: float | None = None
     warmup_epochs: int = 0  # epochs of plain mean BCE on the noisy labels before meta-weighting starts
+    gce_q: float = 0.7  # GCE's q in (0, 1] (the paper's 0.7; q -> 0 is the cross-entropy)
+    nr_dice_gamma: float = 1.5  # the noise-robust Dice loss's exponent in [1, 2] (the paper's 1.5)
+    tloss_nu: float = 1.0  # the T-Loss's initial degrees of freedom ν > 0 (learnt; the paper's 1)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+
+    def __post_init__(self) -> None:
+        """Resolve ``consistency_weight`` and ``ema.enabled`` for the method (the one place that does)."""
+        traits = METHODS[self.name]
+        weight = _resolved(self.consistency_weight, traits.consistency_weight, off=0.0)
+        object.__setattr__(self, "consistency_weight", weight)
+        enabled = _resolved(self.ema.enabled, traits.ema, off=False)
+        if enabled is not self.ema.enabled:
+            object.__setattr__(self, "ema", replace(self.ema, enabled=enabled))
 
     @property
     def traits(self) -> MethodTraits:
@@ -117,17 +157,17 @@ class MethodConfig:
 
     @property
     def uses_meta_weights(self) -> bool:
-        """α (and β) come from the meta engine: l2rw and mlbseg."""
+        """α (and β) come from the meta engine: l2rw, l2b_seg and mlbseg."""
         return self.traits.meta_weights
 
     @property
     def uses_pseudo_labels(self) -> bool:
-        """β weights a pseudo-label: mlbseg only."""
+        """β weights a pseudo-label: l2b_seg and mlbseg."""
         return self.traits.pseudo_labels
 
     @property
     def uses_views(self) -> bool:
-        """The five views are MLB-Seg's; the other methods train on the augmented slices themselves."""
+        """The five views (views_meta, l2b_seg, mlbseg); the others train on the augmented slices."""
         return self.traits.views and self.views.enabled
 
     @property
@@ -137,13 +177,30 @@ class MethodConfig:
 
     @property
     def uses_ema(self) -> bool:
-        """The EMA teacher is an MLB-Seg option."""
-        return self.traits.teacher and self.ema.enabled
+        """The EMA teacher (resolved: off for a method without one)."""
+        return bool(self.ema.enabled)
 
     @property
     def trains_on_meta_batch(self) -> bool:
-        """Every method but the plain baseline also takes a supervised step on the clean meta batch."""
+        """The extra supervised step on the clean meta batch (every method but the baseline and losses)."""
         return self.traits.meta_batch_step
+
+    @property
+    def noisy_loss(self) -> str:
+        """The noisy labels' loss outside meta-weighting (one of :data:`NOISY_LOSSES`)."""
+        return self.traits.loss
+
+
+def _resolved(value: Any, default: Any, *, off: Any) -> Any:
+    """A per-method setting: ``off`` for a method without the part (``default`` None), else value or default.
+
+    Example:
+        >>> _resolved(None, 1.0, off=0.0), _resolved(0.5, 1.0, off=0.0), _resolved(0.5, None, off=0.0)
+        (1.0, 0.5, 0.0)
+    """
+    if default is None:
+        return off
+    return default if value is None else value
 
 
 @dataclass(frozen=True)
@@ -159,6 +216,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for the real steps (the meta engine stays eager)
     deterministic: bool = True  # deterministic kernels: resume reproduces an uninterrupted run
     log_every: int = 50  # steps between progress/TensorBoard updates (the only host syncs in a step)
+    # The weights in final.pt: the last epoch's (final, the reported number) or those of the epoch with the
+    # best val_dice (best_val: needs a val split; never the test cases).
+    select: str = choice("final", ("final", "best_val"))
 
 
 @dataclass(frozen=True)
@@ -198,10 +258,14 @@ def check_config(cfg: SegConfig) -> None:
     check_range("data.foreground_fraction", data.foreground_fraction, 0.0, 1.0)
     check_range("model.encoder_depth", model.encoder_depth, 3, 5)
     check_range("model.foreground_prior", model.foreground_prior, 0.0, 1.0, strict="both")
+    check_architecture_keys(model)
     check_range("method.temperature", method.temperature, 0.0, strict="low")
     check_range("method.meta_batch_size", method.meta_batch_size, 1)
     check_range("method.consistency_weight", method.consistency_weight, 0.0)
     check_range("method.warmup_epochs", method.warmup_epochs, 0)
+    check_range("method.gce_q", method.gce_q, 0.0, 1.0, strict="low")
+    check_range("method.nr_dice_gamma", method.nr_dice_gamma, 1.0, 2.0)
+    check_range("method.tloss_nu", method.tloss_nu, 0.0, strict="low")
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)

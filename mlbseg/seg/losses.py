@@ -8,6 +8,8 @@ Every loss takes the network's logits and the labels as class maps:
 The probability of the labelled class is p_t = σ(z) or 1 − σ(z) (binary) and softmax(z)_y (K classes); the
 pixel's cross-entropy is −log p_t, so p_t^q = exp(−q·CE) is computed from the stable cross-entropy.
 Per-pixel losses return ``[N, H, W]``; per-image losses (noise-robust Dice, T-Loss) return ``[N]``.
+:class:`RobustLoss` is one of them as a training method's loss of the noisy labels: the mean over the
+batch (and pixels), with the T-Loss's learnable ν as its parameter.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 NR_DICE_EPS = 1e-5
 
@@ -106,3 +108,52 @@ def t_loss(logits: Tensor, targets: Tensor, nu: Tensor) -> Tensor:
         + (nu + dims) / 2 * torch.log1p(squared / nu)
     )
     return nll / dims
+
+
+ROBUST_LOSSES = ("gce", "mae", "nr_dice", "tloss")
+
+
+class RobustLoss(nn.Module):
+    """A noise-robust loss of the noisy labels as a scalar, the batch mean of one of the losses above.
+
+    :func:`gce_loss` and :func:`mae_loss` are averaged over the pixels, :func:`nr_dice_loss` and
+    :func:`t_loss` over the images.
+
+    The T-Loss's degrees of freedom are learnt with the network (Gonzalez-Jimenez et al., MICCAI 2023):
+    ν = exp(η) with the parameter η (``log_nu``, a scalar), so ν stays positive whatever step the optimiser
+    takes, and η starts at log(``tloss_nu``), i.e. ν starts at ``tloss_nu`` (the paper's 1). The other
+    losses have no parameters.
+
+    Args:
+        name: One of :data:`ROBUST_LOSSES`.
+        gce_q: GCE's q in (0, 1].
+        nr_dice_gamma: The noise-robust Dice loss's γ in [1, 2].
+        tloss_nu: The T-Loss's initial ν > 0.
+    """
+
+    def __init__(self, name: str, *, gce_q: float = 0.7, nr_dice_gamma: float = 1.5, tloss_nu: float = 1.0):
+        super().__init__()
+        if name not in ROBUST_LOSSES:
+            raise ValueError(f"unknown robust loss {name!r}; one of {', '.join(ROBUST_LOSSES)}")
+        self.name, self.gce_q, self.nr_dice_gamma = name, gce_q, nr_dice_gamma
+        self.log_nu = nn.Parameter(torch.tensor(math.log(tloss_nu))) if name == "tloss" else None
+
+    @property
+    def nu(self) -> Tensor | None:
+        """ν = exp(η), a scalar tensor (with gradients into η) for the T-Loss; None for the others."""
+        return None if self.log_nu is None else self.log_nu.exp()
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        """The batch mean of the loss, a scalar.
+
+        Args:
+            logits: ``[N, C, H, W]`` (C = 1 for binary data, K otherwise).
+            targets: Class maps shaped like ``logits`` (binary float 0/1, else one-hot float).
+        """
+        if self.name == "gce":
+            return gce_loss(logits, targets, self.gce_q).mean()
+        if self.name == "mae":
+            return mae_loss(logits, targets).mean()
+        if self.name == "nr_dice":
+            return nr_dice_loss(logits, targets, self.nr_dice_gamma).mean()
+        return t_loss(logits, targets, self.nu).mean()

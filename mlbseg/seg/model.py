@@ -81,8 +81,7 @@ def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.
         raise UserError(f"model.arch: unknown {cfg.arch!r}; choose from {sorted(ARCHITECTURES)}")
     check_architecture_keys(cfg)
     if cfg.arch == "nested_unet":
-        features = _configured_features(cfg)
-        model: nn.Module = NestedUNet(in_channels, classes, features=features or NESTED_UNET_FEATURES)
+        model: nn.Module = NestedUNet(in_channels, classes, features=cfg.features or NESTED_UNET_FEATURES)
     else:
         model = _build_smp_model(cfg, in_channels, classes)
     prior = cfg.foreground_prior
@@ -106,7 +105,7 @@ def check_architecture_keys(cfg: ModelConfig) -> None:
     default would be silently unused, so it is refused; ``model.features`` sets that layout's widths and
     applies to nothing else. Widths must be at least two positive integers (two levels, one pooling).
     """
-    features = _configured_features(cfg)
+    features = cfg.features
     if cfg.arch != "nested_unet":
         if features is not None:
             raise UserError(
@@ -126,11 +125,6 @@ def check_architecture_keys(cfg: ModelConfig) -> None:
         raise UserError(
             f"model.features: needs at least two positive widths (one per level), got {list(features)}"
         )
-
-
-def _configured_features(cfg: ModelConfig) -> tuple[int, ...] | None:
-    """``model.features`` (None: not set); a config schema without the key reads as not set."""
-    return getattr(cfg, "features", None)
 
 
 def _build_smp_model(cfg: ModelConfig, in_channels: int, classes: int) -> nn.Module:

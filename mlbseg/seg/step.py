@@ -1,8 +1,12 @@
 """One segmentation training iteration for every method (docs/reference.md §6.9, docs/design.md §4).
 
 ``mlbseg``: augment → five views → α/β from the meta engine → Σ α·cost(noisy) + β·cost(pseudo)
-(+ consistency) → clipped SGD step → the extra supervised step on the clean meta batch. ``l2rw`` drops β,
-``baseline`` trains on the mean cost of the noisy labels, ``baseline_plus_meta`` adds the meta-batch step.
+(+ consistency + EMA) → clipped SGD step → the extra supervised step on the clean meta batch. ``l2b_seg``
+drops consistency and EMA, ``l2rw`` also β and the views; ``views_meta`` is ``mlbseg`` with uniform
+weights (the mean cost of the views); ``baseline`` trains on the mean cost of the noisy labels,
+``baseline_plus_meta`` adds the meta-batch step; ``gce``, ``mae``, ``nr_dice`` and ``tloss`` train on a
+robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`). Which parts a method
+uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
 The cost is chosen once by the number of labels K (:mod:`mlbseg.seg.label_space`): per-pixel BCE on one
@@ -18,7 +22,8 @@ over the processes before clipping, and each process's loss is its estimate of t
 batch: mean terms (mean costs, consistency, EMA) as they are, and the α/β-weighted sum times the number
 of processes, because the weights are normalised over the global batch and the global weighted loss is the
 *sum* of the processes' weighted sums. The averaged gradient is then exactly the gradient one process
-computes on the concatenated batch, and so is the update.
+computes on the concatenated batch, and so is the update. A robust loss's parameters (the T-Loss's ν) are
+trained like the network's: their gradients are averaged and clipped together with the network's.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.ema import EMATeacher
@@ -38,7 +44,8 @@ from mlbseg.meta import bootstrap_weights, resolve_normalizer_name
 from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
 from mlbseg.seg.consistency import multiview_consistency
-from mlbseg.seg.label_space import foreground_dice, hard_labels, label_space
+from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
+from mlbseg.seg.losses import RobustLoss
 from mlbseg.seg.views import NUM_VIEWS, ViewParams, average_pseudo_labels, make_views
 
 ExtraLoss = Callable[[torch.Tensor], torch.Tensor]  # logits [V, C, h, w] -> scalar
@@ -79,7 +86,9 @@ class SegmentationStep:
     """Holds what a step needs (model, optimizer, teacher, generator) and runs one iteration.
 
     ``num_labels`` is K, the number of labels with the background (2: binary, one logit); it chooses the
-    label space once. ``dist`` is this process's place in a run across processes (:data:`SINGLE` for one
+    label space once. ``robust_loss`` is the noisy labels' loss of the robust-loss methods
+    (:func:`robust_loss_for`, on the model's device; its parameters in ``optimizer``), None for the mean
+    cost. ``dist`` is this process's place in a run across processes (:data:`SINGLE` for one
     process); ``compile_model`` runs the real steps' forwards through ``torch.compile(model)`` (the meta
     engine and the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
     """
@@ -98,8 +107,13 @@ class SegmentationStep:
         dist: Distributed = SINGLE,
         compile_model: bool = False,
         num_labels: int = 2,
+        robust_loss: RobustLoss | None = None,
     ) -> None:
         self.model, self.optimizer, self.method, self.data = model, optimizer, method, data
+        self.robust_loss = robust_loss
+        # What a real step updates: the network, and a robust loss's parameters (the T-Loss's ν) with it.
+        learnt = robust_loss is not None and bool(list(robust_loss.parameters()))
+        self.trainable = nn.ModuleList([model, robust_loss]) if learnt else model
         self.grad_clip_norm, self.teacher, self.generator = grad_clip_norm, teacher, generator
         self.amp_dtype, self.dist = amp_dtype, dist
         self.labels = label_space(num_labels)
@@ -162,15 +176,27 @@ class SegmentationStep:
                 stats["beta_mean"] = weights.beta.mean()
             loss = self.dist.world_size * weighted  # a share of a global sum; gradients are averaged
         else:
-            loss = self.labels.costs(logits, batch.labels).mean()
+            loss = self.noisy_label_loss(logits, batch.labels)
         if extra is not None:
             loss = loss + extra(logits)
+        if self.robust_loss is not None and self.robust_loss.nu is not None:
+            stats["tloss_nu"] = self.robust_loss.nu.detach()  # the ν of this loss, before its update
         self._apply(loss)
         stats["loss"] = loss.detach()
         stats["train_dice_reference"] = self.reference_dice(probs.detach(), batch)
         if self.method.trains_on_meta_batch:
             stats["meta_loss"] = self._meta_step(meta)
         return stats
+
+    def noisy_label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The method's scalar loss of logits [V, C, h, w] against the noisy class maps [V, 1, h, w].
+
+        The mean per-pixel cost (BCE or CE), or the robust loss on the labels' maps (binary: the 0/1 map,
+        K > 2: one-hot).
+        """
+        if self.robust_loss is None:
+            return self.labels.costs(logits, labels).mean()
+        return self.robust_loss(logits, label_maps(labels, self.labels.num_labels))
 
     def reference_dice(self, probs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Batch Dice of the hard prediction against the clean reference, mean over the foreground classes.
@@ -269,9 +295,9 @@ class SegmentationStep:
         return loss.detach()
 
     def _apply(self, loss: torch.Tensor) -> None:
-        """Backward, average the gradients over the processes, clip, SGD step, teacher update."""
+        """Backward, average the gradients over the processes, clip, optimizer step, teacher update."""
         apply_update(
-            self.model,
+            self.trainable,
             self.optimizer,
             loss,
             grad_clip_norm=self.grad_clip_norm,
@@ -279,3 +305,19 @@ class SegmentationStep:
         )
         if self.teacher is not None:
             self.teacher.update(self.model)
+
+
+def robust_loss_for(method: MethodConfig) -> RobustLoss | None:
+    """The robust loss of ``method`` (gce, mae, nr_dice, tloss) with its config parameters, else None.
+
+    None is the mean cost of every other method; a returned loss still has to be moved to the model's
+    device and its parameters (the T-Loss's ν) given to the optimizer, as the run does.
+    """
+    if method.noisy_loss == "mean":
+        return None
+    return RobustLoss(
+        method.noisy_loss,
+        gce_q=method.gce_q,
+        nr_dice_gamma=method.nr_dice_gamma,
+        tloss_nu=method.tloss_nu,
+    )

@@ -3,7 +3,15 @@
 :data:`TASK` plugs into :func:`mlbseg.engine.trainer.train`: :meth:`SegmentationTask.build` loads the
 prepared slices onto the device and builds UNet++, the optimizer, the EMA teacher and the step;
 :class:`SegmentationRun` draws each step's training and meta slices from two index streams, trains, and
-after every epoch logs the Dice on the clean meta cases (``val_dice``; never the test cases).
+after every epoch logs the mean per-volume Dice on the clean meta cases (``meta_dice``) and, when the
+prepared data have a ``val`` split, on its cases (``val_dice``; without one it is not logged). The test
+cases are never read. ``train.select: best_val`` keeps the weights of the epoch with the best
+``val_dice`` for ``final.pt`` (the row's ``best_epoch``/``best_val_dice``, the checkpoint's ``best``).
+
+The robust-loss methods' parameters (the T-Loss's ν, :class:`mlbseg.seg.losses.RobustLoss`) join the run's
+optimizer as a second parameter group without weight decay (a decay of η = log ν would pull ν to 1, a
+prior the paper does not have), are clipped and averaged with the network's gradients, and are saved in
+both checkpoints (``robust_loss``).
 
 Under ``torchrun`` (:mod:`mlbseg.engine.distributed`) every process trains the same run on its part of
 each global batch: ``train.batch_size`` and ``method.meta_batch_size`` are per process, both index streams
@@ -34,7 +42,7 @@ from mlbseg.engine.optim import build_optimizer
 from mlbseg.engine.seeding import make_generator
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
-from mlbseg.prep.manifest import load_manifest
+from mlbseg.prep.manifest import MANIFEST, load_manifest
 from mlbseg.seg.config import SegConfig, check_config, check_zoom_pads
 from mlbseg.seg.data import (
     SliceSet,
@@ -46,7 +54,7 @@ from mlbseg.seg.data import (
 )
 from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.model import build_model, output_channels
-from mlbseg.seg.step import SegmentationStep
+from mlbseg.seg.step import SegmentationStep, robust_loss_for
 
 # Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
 MONITORING_STATS = ("train_dice_reference",)
@@ -84,10 +92,20 @@ class SegmentationRun:
         self.cfg, self.dist = cfg, runtime.dist
         device = runtime.device
         prepared = Path(cfg.data.prepared)
-        self.data_record = data_record(load_manifest(prepared))
+        manifest = load_manifest(prepared)
+        has_val = bool(manifest["split"].get("val"))
+        if cfg.train.select == "best_val" and not has_val:
+            raise UserError(
+                f"{prepared / MANIFEST}: train.select=best_val needs a 'val' split, and this dataset has "
+                "none; prepare it with one (mlbseg prepare --val N) or use train.select=final"
+            )
+        self.data_record = data_record(manifest)
         self.train_set = load_training_slices(prepared, cfg.data.noise, device)
         self.meta_set = load_slices(prepared, "meta", "mask", device)
         self.meta_volumes = load_volumes(prepared, "meta", device)
+        self.val_volumes = load_volumes(prepared, "val", device) if has_val else None
+        self.best: dict[str, Any] | None = None  # train.select=best_val: the best epoch so far
+        self.epoch = 0
         check_zoom_pads(cfg, self.train_set.images.shape[-1])
         # None when every train slice has a reference: the step then monitors the whole batch.
         monitored = self.train_set.has_reference
@@ -100,6 +118,12 @@ class SegmentationRun:
         )
         self.model = runtime.place_model(model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.robust_loss = robust_loss_for(cfg.method)
+        if self.robust_loss is not None:
+            self.robust_loss.to(device)
+            learnt = list(self.robust_loss.parameters())
+            if learnt:  # ν: stepped by the run's optimizer, without weight decay
+                self.optimizer.add_param_group({"params": learnt, "weight_decay": 0.0})
         teacher = EMATeacher(self.model, cfg.method.ema.decay) if cfg.method.uses_ema else None
         generator = make_generator(self.dist.rank_seed(cfg.train.seed), device)  # augmentation, views
         self.stream_generator = make_generator(cfg.train.seed, device) if self.dist.enabled else generator
@@ -115,6 +139,7 @@ class SegmentationRun:
             dist=self.dist,
             compile_model=cfg.train.compile,
             num_labels=num_labels,
+            robust_loss=self.robust_loss,
         )
         world, fraction = self.dist.world_size, cfg.data.foreground_fraction
         self.train_stream = slice_stream(
@@ -145,6 +170,7 @@ class SegmentationRun:
         """Meta-weighting starts after ``method.warmup_epochs``; the statistics start afresh."""
         self.meta_weighting = epoch >= self.cfg.method.warmup_epochs
         self.totals, self.counts, self.steps_done = {}, {}, 0
+        self.epoch = epoch
 
     def train_step(self) -> None:
         """Draw this process's training and meta slices, expand them, and take the method's step."""
@@ -167,18 +193,46 @@ class SegmentationRun:
         return {name: float(value) for name, value in self.dist.mean_values(means).items()}
 
     def end_epoch(self) -> dict[str, float]:
-        """Average BatchNorm statistics over the processes; rank 0 logs the Dice on the meta cases."""
+        """Average BatchNorm statistics over the processes; rank 0 logs ``meta_dice`` and ``val_dice``.
+
+        ``val_dice`` only with a val split; with ``train.select: best_val`` also ``best_epoch`` (1-based,
+        as ``epoch``) and ``best_val_dice``, the best so far (the first of equal ones).
+        """
         step = self.step
         self.dist.average_buffers([step.model] if step.teacher is None else [step.model, step.teacher.model])
-        if not self.dist.is_main:
-            return {"val_dice": float("nan")}  # rank 0 alone validates and writes the row
-        return {"val_dice": validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)}
+        if not self.dist.is_main:  # rank 0 alone validates and writes the row
+            return {name: float("nan") for name in self._epoch_metric_names()}
+        metrics = {"meta_dice": validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)}
+        if self.val_volumes is not None:
+            metrics["val_dice"] = validation_dice(step.model, self.val_volumes, amp_dtype=step.amp_dtype)
+        if self.cfg.train.select == "best_val":
+            if self.best is None or metrics["val_dice"] > self.best["val_dice"]:
+                self.best = self._snapshot(self.epoch + 1, metrics["val_dice"])
+            metrics.update(best_epoch=self.best["epoch"], best_val_dice=self.best["val_dice"])
+        return metrics
+
+    def _epoch_metric_names(self) -> list[str]:
+        names = ["meta_dice"] + (["val_dice"] if self.val_volumes is not None else [])
+        return names + (["best_epoch", "best_val_dice"] if self.cfg.train.select == "best_val" else [])
+
+    def _snapshot(self, epoch: int, val_dice: float) -> dict[str, Any]:
+        """Copies of the student's (and teacher's) state after ``epoch``, for ``train.select: best_val``."""
+        teacher = self.step.teacher
+        return {
+            "epoch": epoch,
+            "val_dice": val_dice,
+            "model": _copy(self.model.state_dict()),
+            "teacher": _copy(teacher.state_dict()) if teacher is not None else None,
+        }
 
     def write_inputs(self) -> None:
         """Nothing beyond ``config.yaml``: the prepared folder describes the inputs."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher, generators, stream positions and the data record (``data``, for ``predict``).
+        """Teacher, robust loss (ν), generators, stream positions, best epoch so far and the data record.
+
+        ``best`` holds the epoch, its ``val_dice``, model and teacher (None unless ``train.select:
+        best_val``); ``data`` is for ``predict``.
 
         Across processes (every process must call it) also the shared stream generator and every
         process's own generator.
@@ -189,6 +243,8 @@ class SegmentationRun:
             "generator": step.generator.get_state(),
             "train_stream": self.train_stream.state_dict(),
             "meta_stream": self.meta_stream.state_dict(),
+            "robust_loss": self.robust_loss.state_dict() if self.robust_loss is not None else None,
+            "best": self.best,
             "data": self.data_record,
         }
         if self.dist.enabled:
@@ -200,11 +256,14 @@ class SegmentationRun:
         """Continue from :meth:`state_dict` (written by as many processes as this run has).
 
         ``data`` is not read back (checkpoints written before it existed resume alike): the prepared
-        folder is read afresh.
+        folder is read afresh. ``best`` (absent in older checkpoints: None) continues the selection.
         """
         step = self.step
         if step.teacher is not None:
             step.teacher.load_state_dict(state["teacher"])
+        if self.robust_loss is not None:
+            self.robust_loss.load_state_dict(state["robust_loss"])
+        self.best = state.get("best")
         if self.dist.enabled:
             self.stream_generator.set_state(state["stream_generator"])
             step.generator.set_state(state["rank_generators"][self.dist.rank])
@@ -214,9 +273,29 @@ class SegmentationRun:
         self.meta_stream.load_state_dict(state["meta_stream"])
 
     def final_state(self) -> dict[str, Any]:
-        """The EMA teacher's weights (when enabled) and the data record (``data``)."""
+        """The EMA teacher's weights (when enabled), the robust loss (ν) and the data record (``data``).
+
+        With ``train.select: best_val`` the weights are the best epoch's: ``model`` and ``teacher`` replace
+        the last epoch's, and ``selected_epoch`` / ``selected_val_dice`` say which epoch they are.
+        """
         teacher = self.step.teacher
-        return {"teacher": teacher.state_dict() if teacher else None, "data": self.data_record}
+        final = {
+            "teacher": teacher.state_dict() if teacher else None,
+            "robust_loss": self.robust_loss.state_dict() if self.robust_loss is not None else None,
+            "data": self.data_record,
+        }
+        if self.best is not None:
+            final.update(model=self.best["model"], teacher=self.best["teacher"])
+            final.update(selected_epoch=self.best["epoch"], selected_val_dice=self.best["val_dice"])
+        return final
+
+
+def _copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of a (nested) state dict's tensors; other values as they are."""
+    return {
+        key: _copy(value) if isinstance(value, dict) else value.clone() if torch.is_tensor(value) else value
+        for key, value in state.items()
+    }
 
 
 def _say_what_is_left_out(train_set: SliceSet, noise: str) -> None:

@@ -6,8 +6,9 @@ its own writers. Every array is known in advance, so tests can compare what the 
 The default is binary, one channel, every case with a reference. Keyword options of :func:`write_prepared`
 make the other kinds of data: ``num_labels`` K > 2 (the square gets an inner square of the top label),
 ``channels`` C > 1 (each further channel another noise draw on the same structures), ``annotations``
-(given noisy labels ``noisy_<name>`` for some cases) and ``without_reference`` (train cases with no
-``mask``/``mask_original``, ``has_reference: false``, only their annotations).
+(given noisy labels ``noisy_<name>`` for some cases), ``without_reference`` (train cases with no
+``mask``/``mask_original``, ``has_reference: false``, only their annotations) and ``val`` (a validation
+split: cases with a clean reference and no noisy labels, e.g. :data:`VAL`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ SIZE = 16  # slice size of the prepared grid (16 = 2**4: fits an smp encoder of 
 ORIGINAL_HW = (24, 20)  # in-plane size of the original grid (mask_original)
 SPACING = (3.0, 0.5, 0.625)  # (z, y, x) mm
 SPLITS = {"train": ["Case00", "Case01"], "meta": ["Case02"], "test": ["Case03"]}
+VAL = ["Case05", "Case06"]  # write_prepared(folder, val=VAL): a val split of two cases (4 and 2 slices)
 LEVELS = {"L1": 1, "L2": 2, "L3": 3}  # noisy level -> column shift of the clean mask
 ANNOTATION_SHIFT = -1  # a given annotation is the clean mask shifted one column to the left
 # A K = 3, C = 2 dataset: write_prepared(folder, ZONES_SPLITS, **ZONES). Case04 (train) has no reference,
@@ -135,15 +137,19 @@ def write_prepared(
     channels: int = 1,
     annotations: Mapping[str, Sequence[str]] | None = None,
     without_reference: Sequence[str] = (),
+    val: Sequence[str] = (),
 ) -> dict[str, dict[str, np.ndarray]]:
     """Write a prepared dataset to ``folder``; returns the arrays written, by case id.
 
     Case ``CaseNN`` gets :func:`case_arrays` ``(NN, its split)``. The split lists are written in the order
     given (the loaders must follow the manifest's order). ``annotations`` maps an annotation name to the
     ids of the cases that have it (listed in the manifest's ``annotations``); the cases in
-    ``without_reference`` (train cases) have none. The defaults write the binary one-channel dataset.
+    ``without_reference`` (train cases) have none. ``val`` adds a ``val`` split of those cases (after the
+    others). The defaults write the binary one-channel dataset.
     """
     splits = SPLITS if splits is None else splits
+    if val:
+        splits = {**splits, "val": list(val)}
     annotations = annotations or {}
     (folder / CASES).mkdir(parents=True, exist_ok=True)
     written, records = {}, {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,13 +123,6 @@ def test_foreground_prior_outside_0_1_is_refused(prior):
 TINY_FEATURES = (4, 6, 8, 8, 10)  # five levels as published, tiny widths
 
 
-@dataclass(frozen=True)
-class ModelConfigWithFeatures(ModelConfig):
-    """``ModelConfig`` with the ``model.features`` key (None: the published widths)."""
-
-    features: tuple[int, ...] | None = None
-
-
 def _parameters(model: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
@@ -149,14 +140,12 @@ def test_nested_unet_at_the_published_widths_has_the_published_parameter_count()
 
 
 def test_nested_unet_takes_144_inputs_and_any_size_with_tiny_widths_from_the_config():
-    model = build_model(ModelConfigWithFeatures(arch="nested_unet", features=TINY_FEATURES)).eval()
+    model = build_model(ModelConfig(arch="nested_unet", features=TINY_FEATURES)).eval()
     assert [model.nodes[f"{level}_0"][0].out_channels for level in range(5)] == list(TINY_FEATURES)
     with torch.no_grad():
         assert model(torch.rand(2, 1, 144, 144)).shape == (2, 1, 144, 144)
         assert model(torch.rand(1, 1, 40, 27)).shape == (1, 1, 40, 27)  # not multiples of 16
-    three = build_model(
-        ModelConfigWithFeatures(arch="nested_unet", features=(4, 8)), in_channels=2, classes=3
-    )
+    three = build_model(ModelConfig(arch="nested_unet", features=(4, 8)), in_channels=2, classes=3)
     with torch.no_grad():
         assert three.eval()(torch.rand(1, 2, 32, 32)).shape == (1, 3, 32, 32)
 
@@ -176,7 +165,7 @@ def test_nested_unet_upsampling_is_the_references_bilinear_doubling():
 
 
 def test_nested_unet_foreground_prior_sets_its_head():
-    model = build_model(ModelConfigWithFeatures(arch="nested_unet", features=(4, 8), foreground_prior=0.03))
+    model = build_model(ModelConfig(arch="nested_unet", features=(4, 8), foreground_prior=0.03))
     assert torch.sigmoid(model.segmentation_head[0].bias).item() == pytest.approx(0.03)
 
 
@@ -197,12 +186,12 @@ def test_nested_unet_refuses_smp_only_keys(key, value):
 @pytest.mark.parametrize("features", [(8,), (8, 0, 4)])
 def test_nested_unet_refuses_bad_widths(features):
     with pytest.raises(UserError, match=r"^model\.features: needs at least two positive widths"):
-        build_model(ModelConfigWithFeatures(arch="nested_unet", features=features))
+        build_model(ModelConfig(arch="nested_unet", features=features))
 
 
 def test_features_is_refused_for_smp_architectures():
     with pytest.raises(UserError, match=r"^model\.features: applies to model\.arch nested_unet only"):
-        build_model(ModelConfigWithFeatures(features=(8, 16), **SMALL))
+        build_model(ModelConfig(features=(8, 16), **SMALL))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

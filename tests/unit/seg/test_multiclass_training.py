@@ -72,8 +72,7 @@ def build(cfg: SegConfig, tmp_path: Path) -> SegmentationRun:
 @pytest.mark.parametrize("method", ["baseline", "baseline_plus_meta", "l2rw", "mlbseg"])
 def test_every_method_trains_a_step_on_three_labels_and_two_channels(zones, tmp_path, method):
     cfg = config(zones, f"method.name={method}")
-    assert cfg.method.consistency_weight > 0  # both MLB-Seg terms on
-    assert cfg.method.ema.enabled
+    assert cfg.method.uses_ema == cfg.method.uses_consistency == (method == "mlbseg")  # both MLB-Seg terms
     run = build(cfg, tmp_path)
     assert run.train_set.images.shape[1] == CHANNELS
     run.model.eval()

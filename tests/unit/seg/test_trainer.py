@@ -6,6 +6,7 @@ Runs are built from the shipped ``smoke`` config on the tiny prepared dataset of
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 
@@ -17,18 +18,22 @@ import torch
 import torch._inductor.config
 
 from mlbseg.config import load_config
+from mlbseg.engine.checkpoint import load_checkpoint
 from mlbseg.engine.distributed import SINGLE
 from mlbseg.engine.seeding import seed_everything
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import load_manifest
+from mlbseg.seg import data as seg_data
+from mlbseg.seg import trainer as seg_trainer
 from mlbseg.seg.config import SegConfig
 from mlbseg.seg.data import SliceSet, data_record
+from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.step import SegmentationStep
 from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_stream
 
-from ._prepared import MODEL, SIZE, num_slices, write_prepared
+from ._prepared import MODEL, SIZE, VAL, num_slices, write_prepared
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
@@ -182,13 +187,16 @@ def test_running_stats_are_means_over_the_epochs_steps(prepared, tmp_path, spy):
     assert run.running_stats() == pytest.approx(spy[3]["stats"], rel=1e-6)
 
 
-def test_end_epoch_returns_val_dice_on_the_meta_cases(prepared, tmp_path):
+def test_end_epoch_returns_meta_dice_on_the_meta_cases_and_no_val_dice_without_a_val_split(
+    prepared, tmp_path
+):
     run = build(config(prepared), tmp_path)
     run.begin_epoch(0)
     run.train_step()
     metrics = run.end_epoch()
-    assert set(metrics) == {"val_dice"}
-    assert 0.0 <= metrics["val_dice"] <= 1.0
+    assert set(metrics) == {"meta_dice"}
+    assert metrics["meta_dice"] == validation_dice(run.model, run.meta_volumes)
+    assert 0.0 <= metrics["meta_dice"] <= 1.0
     assert run.model.training  # validation restores train mode
 
 
@@ -245,13 +253,13 @@ def test_state_dict_round_trip_continues_bit_for_bit(prepared, tmp_path):
 def test_final_state_holds_the_teacher_only_with_ema_and_always_the_data_record(prepared, tmp_path):
     record = data_record(load_manifest(prepared))
     without = build(config(prepared, "method.ema.enabled=false"), tmp_path)
-    assert without.final_state() == {"teacher": None, "data": record}
+    assert without.final_state() == {"teacher": None, "robust_loss": None, "data": record}
     assert without.state_dict()["teacher"] is None
     assert without.state_dict()["data"] == record
 
     with_ema = build(config(prepared, "method.ema.enabled=true"), tmp_path)
     final = with_ema.final_state()
-    assert set(final) == {"teacher", "data"}
+    assert set(final) == {"teacher", "robust_loss", "data"}
     assert set(final["teacher"]) == {"model", "num_updates"}
     assert set(final["teacher"]["model"]) == set(with_ema.model.state_dict())
 
@@ -319,3 +327,112 @@ def test_a_run_with_foreground_fraction_oversamples_the_train_slices_with_foregr
     run = build(config(prepared, "data.foreground_fraction=0.5", "train.batch_size=2"), tmp_path)
     for _ in range(10):
         assert run.train_stream.next()[0].item() in TRAIN_FOREGROUND
+
+
+# ------------------------------------------------------------------------------------ the val split
+
+
+@pytest.fixture(scope="module")
+def prepared_val(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("seg_trainer_val") / "prepared"
+    write_prepared(folder, val=VAL)
+    return folder
+
+
+def test_with_a_val_split_end_epoch_logs_val_dice_on_its_cases_beside_meta_dice(prepared_val, tmp_path):
+    run = build(config(prepared_val), tmp_path)
+    assert [volume.case_id for volume in run.val_volumes] == VAL
+    assert [volume.case_id for volume in run.meta_volumes] == ["Case02"]
+    run.begin_epoch(0)
+    run.train_step()
+    metrics = run.end_epoch()
+    assert set(metrics) == {"meta_dice", "val_dice"}
+    assert metrics["val_dice"] == validation_dice(run.model, run.val_volumes)
+    assert metrics["meta_dice"] == validation_dice(run.model, run.meta_volumes)
+
+
+def test_best_val_without_a_val_split_is_one_line_and_writes_nothing(prepared, tmp_path):
+    with pytest.raises(UserError, match=r"manifest\.json: train\.select=best_val needs a 'val' split") as err:
+        seg_trainer.train(config(prepared, "train.select=best_val"), tmp_path / "run")
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_never_reads_the_test_cases(prepared_val, tmp_path, monkeypatch):
+    read: list[str] = []
+    original = seg_data.load_case
+
+    def recording(prepared, case_id):
+        read.append(case_id)
+        return original(prepared, case_id)
+
+    monkeypatch.setattr(seg_data, "load_case", recording)
+    seg_trainer.train(config(prepared_val, "train.epochs=1", "train.steps_per_epoch=1"), tmp_path / "run")
+    assert set(read) == {"Case00", "Case01", "Case02", *VAL}  # train, meta and val; never Case03 (test)
+
+
+def _scripted_val_dice(monkeypatch, values: list[float]) -> None:
+    """``validation_dice`` of the trainer: ``values`` in turn on the val cases, 0.1 on the meta cases."""
+    remaining = iter(values)
+
+    def scripted(model, volumes, amp_dtype=None):
+        return next(remaining) if volumes[0].case_id in VAL else 0.1
+
+    monkeypatch.setattr(seg_trainer, "validation_dice", scripted)
+
+
+def test_best_val_puts_the_best_epochs_weights_in_final_pt(prepared_val, tmp_path, monkeypatch):
+    sets = ("train.steps_per_epoch=1", "method.name=baseline")
+    # The weights after epoch 1, from a run of one epoch (same seed, same schedule: the same weights).
+    one = seg_trainer.train(config(prepared_val, *sets, "train.epochs=1"), tmp_path / "one")
+    after_one = load_checkpoint(one / "checkpoints" / "final.pt")["model"]
+
+    _scripted_val_dice(monkeypatch, [0.5, 0.3])  # epoch 1 is the best
+    cfg = config(prepared_val, *sets, "train.epochs=2", "train.select=best_val")
+    run_dir = seg_trainer.train(cfg, tmp_path / "two")
+    final = load_checkpoint(run_dir / "checkpoints" / "final.pt")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert final["selected_epoch"] == last["best"]["epoch"] == 1
+    assert final["selected_val_dice"] == 0.5
+    for name, tensor in after_one.items():
+        assert torch.equal(final["model"][name], tensor), name
+    assert any(not torch.equal(final["model"][name], t) for name, t in last["model"].items())  # not epoch 2
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [row["val_dice"] for row in rows] == ["0.5", "0.3"]
+    assert [row["best_epoch"] for row in rows] == ["1", "1"]
+    assert [row["best_val_dice"] for row in rows] == ["0.5", "0.5"]
+    assert [row["meta_dice"] for row in rows] == ["0.1", "0.1"]
+
+
+def test_a_resumed_best_val_run_keeps_the_best_so_far(prepared_val, tmp_path, monkeypatch):
+    cfg = config(prepared_val, "train.select=best_val", "method.name=baseline")
+    _scripted_val_dice(monkeypatch, [0.5, 0.3])
+    first = build(cfg, tmp_path)
+    first.begin_epoch(0)
+    first.train_step()
+    assert first.end_epoch()["best_epoch"] == 1
+    after_one = {name: tensor.clone() for name, tensor in first.model.state_dict().items()}
+    state = engine_state(first)
+
+    resumed = build(cfg, tmp_path)
+    load_engine_state(resumed, state)
+    resumed.begin_epoch(1)
+    resumed.train_step()
+    metrics = resumed.end_epoch()
+    assert (metrics["val_dice"], metrics["best_epoch"], metrics["best_val_dice"]) == (0.3, 1, 0.5)
+    final = resumed.final_state()
+    assert final["selected_epoch"] == 1
+    for name, tensor in after_one.items():
+        assert torch.equal(final["model"][name], tensor), name
+
+
+def test_select_final_keeps_the_last_epochs_weights(prepared_val, tmp_path):
+    run_dir = seg_trainer.train(
+        config(prepared_val, "train.epochs=1", "train.steps_per_epoch=1"), tmp_path / "r"
+    )
+    final = load_checkpoint(run_dir / "checkpoints" / "final.pt")
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert "selected_epoch" not in final
+    assert last["best"] is None
+    for name, tensor in last["model"].items():
+        assert torch.equal(final["model"][name], tensor), name
