@@ -19,7 +19,10 @@ while the earlier one waits in a hidden sibling: it is deleted once the new demo
 if the new one fails or is interrupted.
 
 The phantoms use a prostate-centred 90–110 mm field of view, so at 64×64 the gland is large enough for a
-short CPU run to learn it; everything else is the PROMISE12 path.
+short CPU run to learn it; everything else is the PROMISE12 path. ``zones`` (``mlbseg demo --zones``) is the
+three-class variant: phantoms with a peripheral and a transition zone as an nnU-Net v2 raw dataset with two
+channels (T2, ADC), prepared with both channels and the zones kept as classes, so the same path runs with
+K = 3 labels, softmax cross-entropy and per-class results.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class DemoData:
     fov_mm: tuple[float, float] = (90.0, 110.0)
     in_plane: tuple[int, int] = (256, 320)
     seed: int = 0  # phantoms, split and noisy masks; the training seeds are separate
+    zones: bool = False  # two structures (PZ, TZ) and two channels (T2, ADC): K = 3 labels
 
     def split(self) -> dict[str, list[str]]:
         """Cases 2/3 train, 1/12 meta (clean), 1/4 test, at least one each: 16/2/6 of 24.
@@ -86,7 +90,7 @@ class DemoData:
         """
         if self.cases < 3:
             raise UserError(f"--cases {self.cases}: the demo needs at least 3 (train, meta, test)")
-        ids = case_ids(self.cases)
+        ids = case_ids(self.cases, "case_", 3) if self.zones else case_ids(self.cases)
         meta, test = max(1, round(self.cases / 12)), max(1, round(self.cases / 4))
         train = self.cases - meta - test
         return {"train": ids[:train], "meta": ids[train : train + meta], "test": ids[train + meta :]}
@@ -283,7 +287,13 @@ def _synth(out: Path, data: DemoData, jobs: int) -> None:
     if (out / "raw").is_dir():  # written atomically: present means complete
         return
     write_phantoms(
-        out / "raw", cases=data.cases, seed=data.seed, in_plane=data.in_plane, fov=data.fov_mm, jobs=jobs
+        out / "raw",
+        cases=data.cases,
+        seed=data.seed,
+        in_plane=data.in_plane,
+        fov=data.fov_mm,
+        jobs=jobs,
+        zones=data.zones,
     )
 
 
@@ -294,7 +304,13 @@ def _prepare(out: Path, data: DemoData, jobs: int) -> None:
     if (out / "prepared").is_dir():  # written atomically: present means complete
         return
     prepare_dataset(
-        out / "raw", out / "prepared", size=data.size, split=str(split_file), seed=data.seed, jobs=jobs
+        out / "raw",
+        out / "prepared",
+        size=data.size,
+        split=str(split_file),
+        seed=data.seed,
+        channels=(0, 1) if data.zones else (0,),
+        jobs=jobs,
     )
 
 
@@ -340,7 +356,7 @@ def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
     metrics = {
         _label(method): [read_metrics_csv(run_dir / "metrics.csv")] for method, run_dir in runs.items()
     }
-    chosen = ["train_dice_reference", "val_dice"]  # the losses of the two methods are not comparable
+    chosen = ["train_dice_reference", "meta_dice"]  # the losses of the two methods are not comparable
     paths.append(curves_figure(metrics, folder / "curves.png", chosen, overwrite=True))
     return paths
 

@@ -16,6 +16,9 @@ def demo(
     ),
     cases: int = typer.Option(24, "--cases", min=3, help="Phantom cases (2/3 train, 1/12 meta, 1/4 test)."),
     size: int = typer.Option(64, "--size", min=16, help="Prepared slice size in pixels."),
+    zones: bool = typer.Option(
+        False, "--zones", help="Three classes: phantoms with a peripheral and a transition zone, T2 + ADC."
+    ),
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a training key of both runs, e.g. --set train.device=cuda (repeatable)."
     ),
@@ -44,7 +47,7 @@ def demo(
     result = run_demo(
         out,
         seeds=parse_seeds(seeds),
-        data=DemoData(cases=cases, size=size),
+        data=DemoData(cases=cases, size=size, zones=zones),
         overrides=overrides,
         overwrite=overwrite,
         jobs=min(CORES, 4) if jobs is None else jobs,

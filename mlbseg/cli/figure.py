@@ -134,7 +134,7 @@ def weights(
 def curves(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run folders (each with metrics.csv)."),
     metrics: list[str] = typer.Option(
-        [], "--metrics", help="metrics.csv columns, e.g. loss,val_dice,alpha_mean; default: loss,val_dice."
+        [], "--metrics", help="metrics.csv columns, e.g. loss,meta_dice,alpha_mean; default: loss,meta_dice."
     ),
     labels: list[str] = typer.Option(
         [],
@@ -164,7 +164,7 @@ def curves(
     runs: dict[str, list] = {}
     for name, path in zip(names, run_dirs, strict=True):
         runs.setdefault(name, []).append(read_metrics_csv(path / "metrics.csv"))
-    chosen = _items(metrics) or ["loss", "val_dice"]
+    chosen = _items(metrics) or ["loss", "meta_dice"]
     typer.echo(f"wrote {curves_figure(runs, target, chosen, overwrite=overwrite)}")
 
 

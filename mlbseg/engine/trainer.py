@@ -99,7 +99,11 @@ class TaskRun(Protocol):
         """Continue from the checkpoint, which holds :meth:`state_dict`'s keys."""
 
     def final_state(self) -> dict[str, Any]:
-        """What ``final.pt`` holds beyond the weights and the config (what evaluation and predict need)."""
+        """What ``final.pt`` holds beyond the weights and the config (what evaluation and predict need).
+
+        Its keys are laid over the engine's, so a task may replace ``model`` (segmentation's
+        ``train.select: best_val``).
+        """
 
 
 class Task(Protocol):

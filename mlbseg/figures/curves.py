@@ -99,7 +99,7 @@ def _draw_line(ax: Axes, runs: Sequence[Rows], metric: str, *, color: str, label
 
 def draw_curves(
     runs: Mapping[str, Sequence[Rows]],
-    metrics: Sequence[str] = ("train_loss", "val_dice"),
+    metrics: Sequence[str] = ("train_loss", "meta_dice"),
     *,
     panel_size: tuple[float, float] = (3.5, 2.6),
 ) -> Figure:
@@ -142,7 +142,7 @@ def draw_curves(
 def curves_figure(
     runs: Mapping[str, Sequence[Rows]],
     out_path: str | Path,
-    metrics: Sequence[str] = ("train_loss", "val_dice"),
+    metrics: Sequence[str] = ("train_loss", "meta_dice"),
     *,
     panel_size: tuple[float, float] = (3.5, 2.6),
     dpi: int = DPI,

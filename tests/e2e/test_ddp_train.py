@@ -93,8 +93,8 @@ def test_rank_0_alone_writes_the_run_folder(finished):
     rows = list(csv.DictReader((finished / "metrics.csv").open()))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     for row in rows:
-        for key in ("loss", "meta_loss", "alpha_mean", "beta_mean", "val_dice"):
-            assert float(row[key]) == float(row[key]), key  # present and not NaN (val_dice: rank 0's)
+        for key in ("loss", "meta_loss", "alpha_mean", "beta_mean", "meta_dice"):
+            assert float(row[key]) == float(row[key]), key  # present and not NaN (meta_dice: rank 0's)
     last = torch.load(finished / "checkpoints" / "last.pt", weights_only=False)
     assert last["world_size"] == 2
     assert last["epoch"] == 3

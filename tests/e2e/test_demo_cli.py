@@ -73,7 +73,12 @@ def toy_demo(tmp_path_factory):
 def test_demo_writes_data_runs_figures_and_a_repeat_format_table(toy_demo):
     out, output = toy_demo
     manifest = json.loads((out / "prepared" / "manifest.json").read_text())
-    assert {name: len(ids) for name, ids in manifest["split"].items()} == {"train": 3, "meta": 1, "test": 2}
+    assert {name: len(ids) for name, ids in manifest["split"].items()} == {
+        "train": 3,
+        "val": 0,
+        "meta": 1,
+        "test": 2,
+    }
     assert manifest["slice_size"] == 32
     table = json.loads((out / "table.json").read_text())
     assert table["task"] == "seg"
@@ -257,3 +262,21 @@ def test_the_demo_as_shipped_has_mlbseg_beat_the_baseline(tmp_path):
     rows = {row["method"]: row for row in json.loads((out / "table.json").read_text())["rows"]}
     assert rows["baseline"]["dice_mean"] > 30.0  # the baseline learns the gland, from noisy labels
     assert rows["mlbseg"]["dice_mean"] > rows["baseline"]["dice_mean"] + 3.0
+
+
+@pytest.mark.slow  # the default tier runs K = 3 end to end in the README's API doctest
+def test_the_zones_variant_runs_the_path_with_three_classes(tmp_path):
+    out = tmp_path / "zones"
+    result = _demo(out, "--zones", "--cases", 6, "--size", 32, "--seeds", "0")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "prepared" / "manifest.json").read_text())
+    assert manifest["layout"] == "nnunet"
+    assert manifest["labels"] == {"background": 0, "PZ": 1, "TZ": 2}
+    assert manifest["channels"] == [0, 1]
+    summary = json.loads((out / "mlbseg-L1-seed0" / "summary.json").read_text())
+    assert sorted(summary["mean"]["classes"]) == ["PZ", "TZ"]
+    columns = next(iter(json.loads((out / "table.json").read_text())["rows"]))
+    assert {"dice_PZ_mean", "dice_TZ_mean"} <= set(columns)
+    assert "PZ Dice (%)" in (out / "table.md").read_text()
+    assert (out / "figures" / "overlay_mlbseg.png").is_file()
+    assert json.loads((out / "demo.json").read_text())["zones"] is True

@@ -42,9 +42,9 @@ def test_smoke_run_writes_the_run_folder(prepared, tmp_path):
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [row["epoch"] for row in rows] == ["1", "2"]
     for row in rows:
-        for key in ("loss", "meta_loss", "alpha_mean", "beta_mean", "val_dice", "lr", "seconds"):
+        for key in ("loss", "meta_loss", "alpha_mean", "beta_mean", "meta_dice", "lr", "seconds"):
             assert float(row[key]) == float(row[key]), key  # present and not NaN
-        assert 0.0 <= float(row["val_dice"]) <= 1.0
+        assert 0.0 <= float(row["meta_dice"]) <= 1.0
     assert float(rows[1]["lr"]) < float(rows[0]["lr"])
     assert any((run_dir / "tensorboard").iterdir())
 
