@@ -24,6 +24,7 @@ app = typer.Typer(
 
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing figure.")
 DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+SLICES = typer.Option([], "--slices", help="Slice indices, e.g. 5,10,15; default: apex/mid/base.")
 
 
 def _items(values: list[str]) -> list[str]:
@@ -31,14 +32,22 @@ def _items(values: list[str]) -> list[str]:
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
 
 
+def _slice_numbers(values: list[str]) -> list[int]:
+    """``--slices`` as integers; UserError for anything else."""
+    from mlbseg.errors import UserError
+
+    try:
+        return [int(item) for item in _items(values)]
+    except ValueError:
+        raise UserError(f"--slices: expected slice numbers such as 5,10,15, got {values}") from None
+
+
 def overlay(
     run_dir: Path = typer.Argument(..., help="A run folder written by `mlbseg train`."),
     cases: list[str] = typer.Option(
         [], "--cases", help="Cases, e.g. Case16 (repeat or comma list); default: 3."
     ),
-    slices: list[str] = typer.Option(
-        [], "--slices", help="Slice indices, e.g. 5,10,15; default: apex/mid/base."
-    ),
+    slices: list[str] = SLICES,
     split: str = typer.Option(
         "test", "--split", help="test (reference + prediction) or train (+ noisy label)."
     ),
@@ -50,13 +59,9 @@ def overlay(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Contours of reference (red), noisy label (yellow, train split) and prediction (cyan) on the slices."""
-    from mlbseg.errors import UserError
     from mlbseg.run_figures import write_overlays
 
-    try:
-        indices = [int(item) for item in _items(slices)]
-    except ValueError:
-        raise UserError(f"--slices: expected slice numbers such as 5,10,15, got {slices}") from None
+    indices = _slice_numbers(slices)
     paths = write_overlays(
         run_dir,
         cases=_items(cases),
@@ -75,9 +80,7 @@ def methods(
     run_dirs: list[Path] = typer.Argument(..., help="Run folders trained on the same prepared dataset."),
     out: Path = typer.Option(..., "--out", help="The figure: PNG, PDF or SVG."),
     case: str | None = typer.Option(None, "--case", help="A test case, e.g. Case12; default the first."),
-    slices: list[str] = typer.Option(
-        [], "--slices", help="Slice indices, e.g. 5,10,15; default: apex/mid/base."
-    ),
+    slices: list[str] = SLICES,
     labels: list[str] = typer.Option(
         [], "--label", help="One row name per run (repeat or comma list); default each run's method.name."
     ),
@@ -86,13 +89,9 @@ def methods(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """One row per run on a test case at original resolution: reference and prediction, as evaluated."""
-    from mlbseg.errors import UserError
     from mlbseg.run_figures import write_method_overlays
 
-    try:
-        indices = [int(item) for item in _items(slices)]
-    except ValueError:
-        raise UserError(f"--slices: expected slice numbers such as 5,10,15, got {slices}") from None
+    indices = _slice_numbers(slices)
     path = write_method_overlays(
         run_dirs,
         out,
