@@ -179,14 +179,16 @@ class _Loop:
         resumed = self.global_step if self.history else None
         logbook = Logbook(self.run_dir, self.history, resumed) if self.dist.is_main else QuietLogbook()
         with contextlib.closing(logbook):
+            row = self.history[-1] if self.history else {}
             while self.epoch < self.cfg.train.epochs:
                 row = self._epoch(logbook)
                 self.epoch += 1
                 state = self._state()  # every process: the task may gather across processes
                 self.dist.on_main(functools.partial(self._save_epoch, logbook, row, state))
-        final = {"model": self.run.model.state_dict(), **self.run.final_state()}
-        final.update(epoch=self.epoch, config=to_dict(self.cfg))
-        self.dist.on_main(lambda: save_checkpoint(final, self.run_dir / FINAL))
+            final = {"model": self.run.model.state_dict(), **self.run.final_state()}
+            final.update(epoch=self.epoch, config=to_dict(self.cfg))
+            self.dist.on_main(lambda: save_checkpoint(final, self.run_dir / FINAL))
+            logbook.hparams(to_dict(self.cfg), row)
 
     def _epoch(self, logbook: Logbook | QuietLogbook) -> dict[str, float]:
         run, log_every = self.run, self.cfg.train.log_every

@@ -1,6 +1,8 @@
 import csv
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mlbseg.config import load_config
 from mlbseg.engine.lock import run_lock
@@ -102,3 +104,23 @@ def test_resume_with_another_config_is_refused(tmp_path):
         claim_run_dir(run, Start.RESUME, other),
     ):
         pass
+
+
+def test_hparams_record_the_flat_config_and_the_final_metrics_once(tmp_path):
+    config = {"name": "run", "optim": {"lr": 0.005, "betas": [0.9, 0.999]}, "model": {"prior": None}}
+    row = {"epoch": 3, "loss": 0.25, "meta_dice": 0.8, "val_dice": float("nan")}
+    for _ in range(2):  # a run that ends again (resumed after its end) replaces its record
+        book = Logbook(tmp_path, history=[], purge_step=None)
+        book.hparams(config, row)
+        book.close()
+    folder = tmp_path / "tensorboard" / "hparams"
+    assert len(list(folder.iterdir())) == 1
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert sorted(events.Tags()["scalars"]) == ["final/loss", "final/meta_dice"]  # NaN left out
+    assert events.Scalars("final/meta_dice")[0].value == pytest.approx(0.8)
+    content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    assert start.hparams["optim.lr"].number_value == pytest.approx(0.005)
+    assert start.hparams["optim.betas"].string_value == "[0.9, 0.999]"
+    assert start.hparams["name"].string_value == "run"

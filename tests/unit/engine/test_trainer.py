@@ -227,6 +227,7 @@ def test_call_order_per_epoch_and_the_metrics_rows(tmp_path):
         assert float(row["val_score"]) == 10.0 + 5 * (e + 1)
         assert float(row["seconds"]) > 0.0
     assert (run_dir / "tensorboard").is_dir()
+    assert any((run_dir / "tensorboard" / "hparams").iterdir())  # the config and final metrics
 
 
 def test_log_every_larger_than_the_epoch_still_logs_the_last_step(tmp_path):
