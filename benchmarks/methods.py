@@ -4,9 +4,10 @@ Every method of ``mlbseg.seg.config.METHODS`` gets its own ``SegmentationStep`` 
 not a copy) on the same small UNet++ (resnet18 encoder, depth 4, decoder 32/32/16/16, one channel in and
 one logit out) at 144×144, seeded alike, with the method's defaults: the five views, α/β, consistency,
 the EMA teacher and the meta-batch step where the method has them, a robust loss (and the T-Loss's ν in
-the optimizer) for the robust-loss methods. Batches as the paper: 1 training slice (five views where the
-method uses them) and 2 clean meta slices; SGD lr 0.005, momentum 0.9, weight decay 5e-4, clipping 0.2;
-the meta-weighted step (after warm-up), full precision.
+the optimizer) for the robust-loss methods, the peer networks (each with its own optimizer) of
+co-teaching (2 networks) and Tri-Net (3), the confident-learning correction of clslsr. Batches as the
+paper: 1 training slice (five views where the method uses them) and 2 clean meta slices; SGD lr 0.005,
+momentum 0.9, weight decay 5e-4, clipping 0.2; the meta-weighted step (after warm-up), full precision.
 
 A step is ``expand`` (augmentation, views) plus the step call, on fixed random slices. The methods run
 interleaved, round by round, each round starting with the next method (``--warmup`` untimed rounds,
@@ -32,7 +33,7 @@ from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import build_optimizer
 from mlbseg.seg.config import METHODS, DataConfig, MethodConfig, ModelConfig
 from mlbseg.seg.model import build_model
-from mlbseg.seg.step import SegmentationStep, robust_loss_for
+from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 
 SIZE, TRAIN_SLICES, META_SLICES = 144, 1, 2
 MODEL = ModelConfig(encoder="resnet18", encoder_depth=4, decoder_channels=(32, 32, 16, 16))
@@ -50,7 +51,8 @@ def build_step(name: str, device: torch.device) -> SegmentationStep:
         robust_loss.to(device)
         if list(robust_loss.parameters()):
             optimizer.add_param_group({"params": list(robust_loss.parameters()), "weight_decay": 0.0})
-    return SegmentationStep(
+    peers = [build_model(MODEL).to(device).train() for _ in range(method.networks - 1)]
+    step = SegmentationStep(
         model,
         optimizer,
         method=method,
@@ -59,7 +61,10 @@ def build_step(name: str, device: torch.device) -> SegmentationStep:
         generator=torch.Generator(device).manual_seed(0),
         teacher=EMATeacher(model, method.ema.decay) if method.uses_ema else None,
         robust_loss=robust_loss,
+        peers=[PeerNetwork(peer, build_optimizer(peer, OPTIM)) for peer in peers],
     )
+    step.begin_epoch(method.forget_ramp_epochs)  # the final forget rate
+    return step
 
 
 def slices(count: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -44,7 +44,14 @@ class MethodTraits:
     consistency_weight: float | None = None  # default multi-view consistency weight; None: no such term
     ema: bool | None = None  # the EMA teacher on (True) or off (False) by default; None: no teacher
     meta_batch_step: bool = False  # the extra supervised step on the clean meta batch
+    # The selection or correction rule of mlbseg.seg.selection (one of SELECTION_RULES), None for none.
+    rule: str | None = None
+    networks: int = 1  # networks trained together (co-teaching 2, Tri-Net 3); the first is evaluated
 
+
+# The selection and correction rules (docs/method.md §5.3): several networks that select pixels for each
+# other, or one network that corrects its labels.
+SELECTION_RULES = ("coteaching", "trinet", "clslsr")
 
 # MLB-Seg's own parts (Wei et al., MICCAI 2023): the views, multi-view consistency (weight 1) and the EMA
 # teacher, as promise12_mlbseg.yaml has always set them.
@@ -65,6 +72,9 @@ METHODS: dict[str, MethodTraits] = {
     "mae": MethodTraits(loss="mae"),  # Ghosh et al., AAAI 2017
     "nr_dice": MethodTraits(loss="nr_dice"),  # Wang et al., IEEE TMI 2020
     "tloss": MethodTraits(loss="tloss"),  # Gonzalez-Jimenez et al., MICCAI 2023
+    "coteaching": MethodTraits(rule="coteaching", networks=2),  # Han et al., NeurIPS 2018
+    "trinet": MethodTraits(rule="trinet", networks=3),  # Zhang et al., MICCAI 2020
+    "clslsr": MethodTraits(rule="clslsr"),  # Zhang et al., MICCAI 2020 (confident learning + SLSR)
 }
 
 
@@ -138,6 +148,11 @@ class MethodConfig:
     gce_q: float = 0.7  # GCE's q in (0, 1] (the paper's 0.7; q -> 0 is the cross-entropy)
     nr_dice_gamma: float = 1.5  # the noise-robust Dice loss's exponent in [1, 2] (the paper's 1.5)
     tloss_nu: float = 1.0  # the T-Loss's initial degrees of freedom ν > 0 (learnt; the paper's 1)
+    # coteaching, trinet: the final forget rate τ (share of each batch's pixels dropped as probably
+    # mislabelled; the paper sets it to the noise rate, unknown here: 0.2 as PyMIC's select ratio 0.8)
+    forget_rate: float = 0.2
+    forget_ramp_epochs: int = 10  # T_k: epochs over which the forget rate ramps from 0 (the paper's 10)
+    clslsr_epsilon: float = 0.25  # clslsr: label smoothing ε at the detected label errors (PyMIC's 0.25)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
 
@@ -184,6 +199,16 @@ class MethodConfig:
     def trains_on_meta_batch(self) -> bool:
         """The extra supervised step on the clean meta batch (every method but the baseline and losses)."""
         return self.traits.meta_batch_step
+
+    @property
+    def rule(self) -> str | None:
+        """The selection or correction rule (one of :data:`SELECTION_RULES`), None for none."""
+        return self.traits.rule
+
+    @property
+    def networks(self) -> int:
+        """How many networks the method trains (the first is the one evaluated)."""
+        return self.traits.networks
 
     @property
     def noisy_loss(self) -> str:
@@ -266,6 +291,9 @@ def check_config(cfg: SegConfig) -> None:
     check_range("method.gce_q", method.gce_q, 0.0, 1.0, strict="low")
     check_range("method.nr_dice_gamma", method.nr_dice_gamma, 1.0, 2.0)
     check_range("method.tloss_nu", method.tloss_nu, 0.0, strict="low")
+    check_range("method.forget_rate", method.forget_rate, 0.0, 1.0, strict="high")
+    check_range("method.forget_ramp_epochs", method.forget_ramp_epochs, 0)
+    check_range("method.clslsr_epsilon", method.clslsr_epsilon, 0.0, 1.0, strict="high")
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)

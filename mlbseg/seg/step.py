@@ -5,7 +5,9 @@
 drops consistency and EMA, ``l2rw`` also β and the views; ``views_meta`` is ``mlbseg`` with uniform
 weights (the mean cost of the views); ``baseline`` trains on the mean cost of the noisy labels,
 ``baseline_plus_meta`` adds the meta-batch step; ``gce``, ``mae``, ``nr_dice`` and ``tloss`` train on a
-robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`). Which parts a method
+robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`); ``coteaching`` and
+``trinet`` train two or three networks on the pixels the others select (:mod:`mlbseg.seg.selection`),
+``clslsr`` smooths the labels at confident-learning label errors. Which parts a method
 uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
@@ -24,12 +26,15 @@ of processes, because the weights are normalised over the global batch and the g
 *sum* of the processes' weighted sums. The averaged gradient is then exactly the gradient one process
 computes on the concatenated batch, and so is the update. A robust loss's parameters (the T-Loss's ν) are
 trained like the network's: their gradients are averaged and clipped together with the network's.
+The selection rules choose pixels within each process's part of the batch; co-teaching keeps the same
+count on every process, so its averaged gradient is that of the mean over all kept pixels, but which
+pixels are kept is decided per process, not over the global batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -45,7 +50,15 @@ from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
 from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
-from mlbseg.seg.losses import RobustLoss
+from mlbseg.seg.losses import RobustLoss, class_probabilities, pixel_cross_entropy
+from mlbseg.seg.selection import (
+    confident_label_errors,
+    coteaching_masks,
+    forget_rate,
+    masked_mean,
+    smoothed_targets,
+    trinet_masks,
+)
 from mlbseg.seg.views import NUM_VIEWS, ViewParams, average_pseudo_labels, make_views
 
 ExtraLoss = Callable[[torch.Tensor], torch.Tensor]  # logits [V, C, h, w] -> scalar
@@ -82,6 +95,14 @@ class Batch:
     has_reference: torch.Tensor | None = None
 
 
+@dataclass
+class PeerNetwork:
+    """A further network of a method that trains several (co-teaching, Tri-Net), with its own optimizer."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+
 class SegmentationStep:
     """Holds what a step needs (model, optimizer, teacher, generator) and runs one iteration.
 
@@ -91,6 +112,9 @@ class SegmentationStep:
     cost. ``dist`` is this process's place in a run across processes (:data:`SINGLE` for one
     process); ``compile_model`` runs the real steps' forwards through ``torch.compile(model)`` (the meta
     engine and the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
+    ``peers`` are the further networks of a method with several (``method.networks`` − 1 of them), each
+    stepped by its own optimizer, clipped and averaged across processes as the first; the first network
+    (``model``) is the one evaluated. :meth:`begin_epoch` sets the epoch's forget rate.
     """
 
     def __init__(
@@ -108,7 +132,10 @@ class SegmentationStep:
         compile_model: bool = False,
         num_labels: int = 2,
         robust_loss: RobustLoss | None = None,
+        peers: Sequence[PeerNetwork] = (),
     ) -> None:
+        if len(peers) != method.networks - 1:
+            raise ValueError(f"method {method.name} trains {method.networks} networks, got {len(peers) + 1}")
         self.model, self.optimizer, self.method, self.data = model, optimizer, method, data
         self.robust_loss = robust_loss
         # What a real step updates: the network, and a robust loss's parameters (the T-Loss's ν) with it.
@@ -121,6 +148,17 @@ class SegmentationStep:
         # engine's ``ce`` alias (classification's softmax over the batch) never applies to pixels.
         self.normalize = resolve_normalizer_name(method.normalize, loss="bce")
         self.forward_model = torch.compile(model, dynamic=False) if compile_model else model
+        self.peers = list(peers)
+        self.peer_forward_models = [
+            torch.compile(peer.model, dynamic=False) if compile_model else peer.model for peer in self.peers
+        ]
+        self.keep_share = 1.0  # 1 − the epoch's forget rate (co-teaching, Tri-Net)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The forget rate of (0-based) ``epoch`` for the selection rules (:func:`forget_rate`)."""
+        method = self.method
+        rate = forget_rate(epoch, final_rate=method.forget_rate, ramp_epochs=method.forget_ramp_epochs)
+        self.keep_share = 1.0 - rate
 
     def expand(
         self,
@@ -161,7 +199,9 @@ class SegmentationStep:
         return Batch(images, labels, reference, params, has_reference)
 
     def __call__(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
-        """One iteration; ``meta_weighting`` is False during warm-up (plain mean cost)."""
+        """One iteration; ``meta_weighting`` is False during warm-up (plain mean cost, no correction)."""
+        if self.peers:
+            return self._selection_step(batch)
         logits = self._forward(batch.images)  # [V, C, h, w]
         probs = self.labels.probabilities(logits)
         extra = self.extra_loss(batch)
@@ -176,7 +216,7 @@ class SegmentationStep:
                 stats["beta_mean"] = weights.beta.mean()
             loss = self.dist.world_size * weighted  # a share of a global sum; gradients are averaged
         else:
-            loss = self.noisy_label_loss(logits, batch.labels)
+            loss = self.noisy_label_loss(logits, batch.labels, correct=meta_weighting)
         if extra is not None:
             loss = loss + extra(logits)
         if self.robust_loss is not None and self.robust_loss.nu is not None:
@@ -188,15 +228,65 @@ class SegmentationStep:
             stats["meta_loss"] = self._meta_step(meta)
         return stats
 
-    def noisy_label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def noisy_label_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, *, correct: bool = True
+    ) -> torch.Tensor:
         """The method's scalar loss of logits [V, C, h, w] against the noisy class maps [V, 1, h, w].
 
-        The mean per-pixel cost (BCE or CE), or the robust loss on the labels' maps (binary: the 0/1 map,
-        K > 2: one-hot).
+        The mean per-pixel cost (BCE or CE), the robust loss on the labels' maps (binary: the 0/1 map,
+        K > 2: one-hot), or for ``clslsr`` (when ``correct``, i.e. after warm-up) the mean cross-entropy
+        against the labels smoothed at the confident-learning label errors.
         """
+        if self.method.rule == "clslsr" and correct:
+            return self.smoothed_label_loss(logits, labels)
         if self.robust_loss is None:
             return self.labels.costs(logits, labels).mean()
         return self.robust_loss(logits, label_maps(labels, self.labels.num_labels))
+
+    def smoothed_label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """CLSLSR: mean cross-entropy against soft targets smoothed at the batch's label errors.
+
+        The errors come from confident learning on the network's own detached probabilities over the
+        batch's pixels (:func:`~mlbseg.seg.selection.confident_label_errors`), the smoothing from
+        :func:`~mlbseg.seg.selection.smoothed_targets` with ε = ``method.clslsr_epsilon``; binary data
+        train their one logit on the soft foreground target (BCE), K > 2 their softmax (CE).
+        """
+        classes = self.labels.num_labels
+        probs, _ = class_probabilities(logits.detach(), label_maps(labels, classes))  # [V, K, h, w]
+        hard = labels[:, 0].long()  # [V, h, w]
+        errors = confident_label_errors(probs, hard)
+        targets = smoothed_targets(hard, errors, classes, self.method.clslsr_epsilon)  # [V, K, h, w]
+        if logits.shape[1] == 1:
+            targets = targets[:, 1:]  # the foreground probability
+        return pixel_cross_entropy(logits, targets).mean()
+
+    def _selection_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Co-teaching or Tri-Net: every network steps on the pixels the others select for it.
+
+        Each network's per-pixel costs on the same augmented batch give the small-loss pixels
+        (``keep_share`` of the process's batch); co-teaching trains each of the two on its peer's,
+        Tri-Net each of the three on those its two peers agree on (:mod:`mlbseg.seg.selection`). The loss
+        of a network is its mean cost over its selected pixels.
+        """
+        forwards = [self.forward_model, *self.peer_forward_models]
+        logits = [self._forward(batch.images, forward) for forward in forwards]  # each [V, C, h, w]
+        costs = [self.labels.costs(net_logits, batch.labels) for net_logits in logits]
+        if self.method.rule == "coteaching":
+            masks = list(coteaching_masks(costs[0], costs[1], self.keep_share))
+        else:
+            predictions = [hard_labels(self.labels.probabilities(net.detach())) for net in logits]
+            masks = trinet_masks(costs, predictions, self.keep_share)
+        losses = [masked_mean(cost, mask) for cost, mask in zip(costs, masks, strict=True)]
+        self._apply(losses[0])
+        for peer, loss in zip(self.peers, losses[1:], strict=True):
+            self._apply(loss, peer)
+        probs = self.labels.probabilities(logits[0].detach())
+        selected = torch.stack([mask.float().mean() for mask in masks]).mean()
+        return {
+            "loss": losses[0].detach(),
+            "selected_share": selected,
+            "train_dice_reference": self.reference_dice(probs, batch),
+        }
 
     def reference_dice(self, probs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Batch Dice of the hard prediction against the clean reference, mean over the foreground classes.
@@ -247,13 +337,16 @@ class SegmentationStep:
         """Autocast to ``amp_dtype`` for a real forward of ``images``; nothing without AMP."""
         return autocast_to(self.amp_dtype, images.device.type)
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        """[V, C, h, w] float32 logits of the real step's model (compiled if enabled) under autocast."""
+    def _forward(self, images: torch.Tensor, forward_model: nn.Module | None = None) -> torch.Tensor:
+        """[V, C, h, w] float32 logits of the real step's model (compiled if enabled) under autocast.
+
+        ``forward_model`` is a peer's (default: the first network's).
+        """
         # NOTE: no channels_last conversion of the inputs: with one channel, [N, 1, H, W] already is
         # channels_last-contiguous (NCHW and NHWC strides coincide); with several, the first convolution
         # follows its channels_last weights.
         with self._autocast(images):
-            return self.forward_model(images).float()
+            return (forward_model or self.forward_model)(images).float()
 
     def _pseudo_labels(self, probs: torch.Tensor, views: ViewParams | None) -> torch.Tensor:
         """[V, 1, h, w] class indices: the multi-view average (or the single prediction) made hard."""
@@ -294,16 +387,22 @@ class SegmentationStep:
         self._apply(loss)
         return loss.detach()
 
-    def _apply(self, loss: torch.Tensor) -> None:
-        """Backward, average the gradients over the processes, clip, optimizer step, teacher update."""
+    def _apply(self, loss: torch.Tensor, peer: PeerNetwork | None = None) -> None:
+        """Backward, average the gradients over the processes, clip, optimizer step, teacher update.
+
+        With ``peer``, the peer network's own update (its optimizer; no teacher) instead of the first's.
+        """
+        trainable, optimizer = (
+            (self.trainable, self.optimizer) if peer is None else (peer.model, peer.optimizer)
+        )
         apply_update(
-            self.trainable,
-            self.optimizer,
+            trainable,
+            optimizer,
             loss,
             grad_clip_norm=self.grad_clip_norm,
             average_gradients=self.dist.average_gradients,
         )
-        if self.teacher is not None:
+        if self.teacher is not None and peer is None:
             self.teacher.update(self.model)
 
 

@@ -54,7 +54,7 @@ from mlbseg.seg.data import (
 )
 from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.model import build_model, output_channels
-from mlbseg.seg.step import SegmentationStep, robust_loss_for
+from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 
 # Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
 MONITORING_STATS = ("train_dice_reference",)
@@ -113,10 +113,8 @@ class SegmentationRun:
         if self.dist.is_main:
             _say_what_is_left_out(self.train_set, cfg.data.noise)
         num_labels = self.train_set.num_labels
-        model = build_model(
-            cfg.model, in_channels=self.train_set.images.shape[1], classes=output_channels(num_labels)
-        )
-        self.model = runtime.place_model(model)
+        shape = {"in_channels": self.train_set.images.shape[1], "classes": output_channels(num_labels)}
+        self.model = runtime.place_model(build_model(cfg.model, **shape))
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.robust_loss = robust_loss_for(cfg.method)
         if self.robust_loss is not None:
@@ -124,6 +122,12 @@ class SegmentationRun:
             learnt = list(self.robust_loss.parameters())
             if learnt:  # ν: stepped by the run's optimizer, without weight decay
                 self.optimizer.add_param_group({"params": learnt, "weight_decay": 0.0})
+        self.peers = [
+            PeerNetwork(peer, build_optimizer(peer, cfg.optim))
+            for peer in (
+                runtime.place_model(build_model(cfg.model, **shape)) for _ in range(cfg.method.networks - 1)
+            )
+        ]
         teacher = EMATeacher(self.model, cfg.method.ema.decay) if cfg.method.uses_ema else None
         generator = make_generator(self.dist.rank_seed(cfg.train.seed), device)  # augmentation, views
         self.stream_generator = make_generator(cfg.train.seed, device) if self.dist.enabled else generator
@@ -140,6 +144,7 @@ class SegmentationRun:
             compile_model=cfg.train.compile,
             num_labels=num_labels,
             robust_loss=self.robust_loss,
+            peers=self.peers,
         )
         world, fraction = self.dist.world_size, cfg.data.foreground_fraction
         self.train_stream = slice_stream(
@@ -167,10 +172,19 @@ class SegmentationRun:
         return self.cfg.train.steps_per_epoch or max(1, len(self.train_set) // global_batch)
 
     def begin_epoch(self, epoch: int) -> None:
-        """Meta-weighting starts after ``method.warmup_epochs``; the statistics start afresh."""
+        """Meta-weighting starts after ``method.warmup_epochs``; the statistics start afresh.
+
+        The peers' optimizers take the first's learning rate (the schedule steps the first only), and the
+        step the epoch's forget rate.
+        """
         self.meta_weighting = epoch >= self.cfg.method.warmup_epochs
         self.totals, self.counts, self.steps_done = {}, {}, 0
         self.epoch = epoch
+        rate = self.optimizer.param_groups[0]["lr"]
+        for peer in self.peers:
+            for group in peer.optimizer.param_groups:
+                group["lr"] = rate
+        self.step.begin_epoch(epoch)
 
     def train_step(self) -> None:
         """Draw this process's training and meta slices, expand them, and take the method's step."""
@@ -199,7 +213,8 @@ class SegmentationRun:
         as ``epoch``) and ``best_val_dice``, the best so far (the first of equal ones).
         """
         step = self.step
-        self.dist.average_buffers([step.model] if step.teacher is None else [step.model, step.teacher.model])
+        networks = [step.model, *(peer.model for peer in self.peers)]
+        self.dist.average_buffers(networks if step.teacher is None else [*networks, step.teacher.model])
         if not self.dist.is_main:  # rank 0 alone validates and writes the row
             return {name: float("nan") for name in self._epoch_metric_names()}
         metrics = {"meta_dice": validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)}
@@ -229,8 +244,9 @@ class SegmentationRun:
         """Nothing beyond ``config.yaml``: the prepared folder describes the inputs."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Teacher, robust loss (ν), generators, stream positions, best epoch so far and the data record.
+        """Teacher, robust loss (ν), peers, generators, stream positions, best epoch and the data record.
 
+        ``peers`` holds each further network's ``model`` and ``optimizer`` state ([] for one network);
         ``best`` holds the epoch, its ``val_dice``, model and teacher (None unless ``train.select:
         best_val``); ``data`` is for ``predict``.
 
@@ -244,6 +260,10 @@ class SegmentationRun:
             "train_stream": self.train_stream.state_dict(),
             "meta_stream": self.meta_stream.state_dict(),
             "robust_loss": self.robust_loss.state_dict() if self.robust_loss is not None else None,
+            "peers": [
+                {"model": peer.model.state_dict(), "optimizer": peer.optimizer.state_dict()}
+                for peer in self.peers
+            ],
             "best": self.best,
             "data": self.data_record,
         }
@@ -263,6 +283,9 @@ class SegmentationRun:
             step.teacher.load_state_dict(state["teacher"])
         if self.robust_loss is not None:
             self.robust_loss.load_state_dict(state["robust_loss"])
+        for peer, saved in zip(self.peers, state.get("peers", []), strict=True):
+            peer.model.load_state_dict(saved["model"])
+            peer.optimizer.load_state_dict(saved["optimizer"])
         self.best = state.get("best")
         if self.dist.enabled:
             self.stream_generator.set_state(state["stream_generator"])
@@ -274,6 +297,9 @@ class SegmentationRun:
 
     def final_state(self) -> dict[str, Any]:
         """The EMA teacher's weights (when enabled), the robust loss (ν) and the data record (``data``).
+
+        ``model`` is the first network's, also for the methods with several (the one evaluated); the peers
+        stay in ``last.pt``.
 
         With ``train.select: best_val`` the weights are the best epoch's: ``model`` and ``teacher`` replace
         the last epoch's, and ``selected_epoch`` / ``selected_val_dice`` say which epoch they are.

@@ -44,6 +44,9 @@ DEFAULTS = {
     "mae": (0.0, False),
     "nr_dice": (0.0, False),
     "tloss": (0.0, False),
+    "coteaching": (0.0, False),
+    "trinet": (0.0, False),
+    "clslsr": (0.0, False),
 }
 
 
