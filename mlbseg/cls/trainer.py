@@ -200,6 +200,10 @@ class ClassificationRun:
         self.step.load_state_dict(state["step"])
         self.meta_consumed, self._meta_batches = state["meta_consumed"], None
 
+    def tensorboard_figures(self, epoch: int) -> dict[str, Any]:
+        """None: classification logs its α/β as files (``train.log_weights_for``), drawn by ``figure``."""
+        return {}
+
     def final_state(self) -> dict[str, Any]:
         """The class count evaluation needs."""
         return {"num_classes": self.data.num_classes}

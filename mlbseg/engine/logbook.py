@@ -44,6 +44,11 @@ class Logbook:
         self.writer.flush()
         write_csv(self.history, self.run_dir / "metrics.csv")
 
+    def figures(self, figures: Mapping[str, Any], step: int) -> None:
+        """Matplotlib figures as TensorBoard images ``figures/<name>`` at ``step`` (each closed after)."""
+        for name, figure in figures.items():
+            self.writer.add_figure(f"figures/{name}", figure, step, close=True)
+
     def hparams(self, config: Mapping[str, Any], final_row: Mapping[str, Any]) -> None:
         """The run's hyper-parameters (``config`` flattened) with its final finite metrics as ``final/…``."""
         folder = self.run_dir / "tensorboard" / HPARAMS

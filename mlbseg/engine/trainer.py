@@ -98,6 +98,14 @@ class TaskRun(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from the checkpoint, which holds :meth:`state_dict`'s keys."""
 
+    def tensorboard_figures(self, epoch: int) -> dict[str, Any]:
+        """Matplotlib figures for TensorBoard after ``epoch`` (1-based), e.g. every few epochs; {} for none.
+
+        Called on the main process only, after :meth:`end_epoch` and before the epoch's checkpoint: it must
+        leave the run as it was (parameters, buffers, optimizer state, generators), so a run with figures
+        trains exactly as one without.
+        """
+
     def final_state(self) -> dict[str, Any]:
         """What ``final.pt`` holds beyond the weights and the config (what evaluation and predict need).
 
@@ -183,6 +191,8 @@ class _Loop:
             while self.epoch < self.cfg.train.epochs:
                 row = self._epoch(logbook)
                 self.epoch += 1
+                if self.dist.is_main:
+                    logbook.figures(self.run.tensorboard_figures(self.epoch), self.epoch)
                 state = self._state()  # every process: the task may gather across processes
                 self.dist.on_main(functools.partial(self._save_epoch, logbook, row, state))
             final = {"model": self.run.model.state_dict(), **self.run.final_state()}

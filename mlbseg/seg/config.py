@@ -241,6 +241,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model for the real steps (the meta engine stays eager)
     deterministic: bool = True  # deterministic kernels: resume reproduces an uninterrupted run
     log_every: int = 50  # steps between progress/TensorBoard updates (the only host syncs in a step)
+    figures_every: int = 10  # epochs between TensorBoard overlays of fixed validation slices (0: none)
     # The weights in final.pt: the last epoch's (final, the reported number) or those of the epoch with the
     # best val_dice (best_val: needs a val split; never the test cases).
     select: str = choice("final", ("final", "best_val"))
@@ -283,6 +284,7 @@ def check_config(cfg: SegConfig) -> None:
     check_range("data.foreground_fraction", data.foreground_fraction, 0.0, 1.0)
     check_range("model.encoder_depth", model.encoder_depth, 3, 5)
     check_range("model.foreground_prior", model.foreground_prior, 0.0, 1.0, strict="both")
+    check_range("train.figures_every", cfg.train.figures_every, 0)
     check_architecture_keys(model)
     check_range("method.temperature", method.temperature, 0.0, strict="low")
     check_range("method.meta_batch_size", method.meta_batch_size, 1)

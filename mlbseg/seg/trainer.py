@@ -42,7 +42,7 @@ from mlbseg.engine.optim import build_optimizer
 from mlbseg.engine.seeding import make_generator
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
-from mlbseg.prep.manifest import MANIFEST, load_manifest
+from mlbseg.prep.manifest import MANIFEST, label_names, load_manifest
 from mlbseg.seg.config import SegConfig, check_config, check_zoom_pads
 from mlbseg.seg.data import (
     SliceSet,
@@ -55,6 +55,7 @@ from mlbseg.seg.data import (
 from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.model import build_model, output_channels
 from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
+from mlbseg.seg.tensorboard import overlay_of_volume
 
 # Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
 MONITORING_STATS = ("train_dice_reference",)
@@ -294,6 +295,19 @@ class SegmentationRun:
             step.generator.set_state(state["generator"])
         self.train_stream.load_state_dict(state["train_stream"])
         self.meta_stream.load_state_dict(state["meta_stream"])
+
+    def tensorboard_figures(self, epoch: int) -> dict[str, Any]:
+        """Every ``train.figures_every`` epochs: the overlay of the first val case (else meta case).
+
+        :mod:`mlbseg.seg.tensorboard`: eval-mode prediction, nothing random, so training is unchanged.
+        """
+        every = self.cfg.train.figures_every
+        if every == 0 or epoch % every:
+            return {}
+        volume = (self.val_volumes or self.meta_volumes)[0]
+        names = label_names(self.data_record)[1:]
+        step = self.step
+        return {"overlay": overlay_of_volume(step.model, volume, names, amp_dtype=step.amp_dtype)}
 
     def final_state(self) -> dict[str, Any]:
         """The EMA teacher's weights (when enabled), the robust loss (ν) and the data record (``data``).

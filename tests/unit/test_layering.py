@@ -1,11 +1,12 @@
 """The allowed import edges between mlbseg's packages, read from the source with ast.
 
-Layers, each importing only those below it: ``cli`` → ``demo`` and ``api`` → ``repeat`` and ``run_figures`` →
-``seg`` / ``cls`` → ``evaluation`` → ``prep`` → ``engine`` → ``meta``, with ``config`` and ``errors`` at the
-bottom (``meta``'s own boundary: docs/design.md §3.4). ``figures`` is a drawing layer (arrays in, file out)
-that imports no task package. Outside ``cli/`` (which imports its commands' dependencies inside the
-commands, so ``mlbseg --help`` stays fast, docs/design.md §1), no function imports an mlbseg module:
-dependencies are visible at the top of each file.
+Layers, each importing only those below it: ``cli`` → ``demo`` and ``api`` → ``repeat`` and
+``run_figures`` → ``seg`` / ``cls`` → ``evaluation`` → ``prep`` → ``engine`` → ``meta``, with ``config``
+and ``errors`` at the bottom (``meta``'s own boundary: docs/design.md §3.4). ``figures`` is a drawing layer
+(arrays in, file out) that imports no task package (``seg`` draws its TensorBoard overlays with it).
+Outside ``cli/`` (which imports its commands' dependencies inside the commands, so ``mlbseg --help`` stays
+fast, docs/design.md §1), no function imports an mlbseg module: dependencies are visible at the top of
+each file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "prep": {"config", "engine", "errors"},
     "evaluation": {"engine", "errors", "prep"},
     "figures": {"engine", "errors", "evaluation"},
-    "seg": {"config", "engine", "errors", "evaluation", "meta", "prep"},
+    "seg": {"config", "engine", "errors", "evaluation", "figures", "meta", "prep"},
     "cls": {"config", "engine", "errors", "evaluation", "meta"},
     "run_figures": {"config", "engine", "errors", "evaluation", "figures", "prep", "seg", "cls"},
     "repeat": {"cls", "config", "engine", "errors", "evaluation", "prep", "seg"},

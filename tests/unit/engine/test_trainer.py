@@ -22,6 +22,8 @@ import torch
 # deterministic-algorithms switch of seed_everything (about 1.5 s, once per process).
 import torch._inductor.config
 import torch.utils.tensorboard
+from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlbseg.config import load_config, to_dict
 from mlbseg.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -127,6 +129,14 @@ class FakeRun:
         self.generator.set_state(state["generator"])
         self.calls = state["calls"]
 
+    def tensorboard_figures(self, epoch: int) -> dict[str, Any]:
+        self._log("figures", epoch)
+        if epoch % 2:
+            return {}
+        figure = Figure(figsize=(1, 1))
+        figure.subplots().plot([0, 1], [self.calls, 0])
+        return {"calls": figure}
+
     def final_state(self) -> dict[str, Any]:
         self._log("final_state")
         return {"target": self.target.clone(), "calls": self.calls}
@@ -212,9 +222,12 @@ def test_call_order_per_epoch_and_the_metrics_rows(tmp_path):
     epoch = ["step", "step", "stats", "step", "step", "stats", "step", "stats", "end"]
     expected = [("write_inputs",)]
     for e in range(2):
-        expected += [("begin", e), *[(name,) for name in epoch], ("state_dict",)]
+        expected += [("begin", e), *[(name,) for name in epoch], ("figures", e + 1), ("state_dict",)]
     expected += [("final_state",)]
     assert task.events == expected
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert [image.step for image in events.Images("figures/calls")] == [2]  # the run's figure of epoch 2
 
     rows = read_rows(run_dir)
     assert list(rows[0]) == ["epoch", "lr", "loss", "seen", "val_score", "seconds"]

@@ -16,6 +16,7 @@ import torch
 # Imported while collecting, not inside the first test: torch's deterministic-algorithms switch of
 # seed_everything imports it (about 1.5 s, once per process).
 import torch._inductor.config
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlbseg.config import load_config
 from mlbseg.engine.checkpoint import load_checkpoint
@@ -436,3 +437,18 @@ def test_select_final_keeps_the_last_epochs_weights(prepared_val, tmp_path):
     assert last["best"] is None
     for name, tensor in last["model"].items():
         assert torch.equal(final["model"][name], tensor), name
+
+
+def test_tensorboard_overlays_every_few_epochs_leave_the_training_unchanged(prepared, tmp_path):
+    sets = ["train.epochs=2", "train.steps_per_epoch=1"]
+    with_figures = seg_trainer.train(config(prepared, *sets, "train.figures_every=1"), tmp_path / "with")
+    without = seg_trainer.train(config(prepared, *sets, "train.figures_every=0"), tmp_path / "without")
+    events = EventAccumulator(str(with_figures / "tensorboard"))
+    events.Reload()
+    assert [image.step for image in events.Images("figures/overlay")] == [1, 2]
+    quiet = EventAccumulator(str(without / "tensorboard"))
+    quiet.Reload()
+    assert "figures/overlay" not in quiet.Tags()["images"]
+    a, b = (load_checkpoint(run / "checkpoints" / "final.pt")["model"] for run in (with_figures, without))
+    for name, tensor in a.items():  # parameters and BatchNorm statistics alike
+        assert torch.equal(tensor, b[name]), name
