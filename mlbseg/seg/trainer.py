@@ -42,6 +42,7 @@ from mlbseg.engine.optim import build_optimizer
 from mlbseg.engine.seeding import make_generator
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
+from mlbseg.figures.weights import draw_weight_maps
 from mlbseg.prep.manifest import MANIFEST, label_names, load_manifest
 from mlbseg.seg.config import SegConfig, check_config, check_zoom_pads
 from mlbseg.seg.data import (
@@ -56,6 +57,7 @@ from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.model import build_model, output_channels
 from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 from mlbseg.seg.tensorboard import overlay_of_volume
+from mlbseg.seg.weight_maps import live_weight_rows
 
 # Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
 MONITORING_STATS = ("train_dice_reference",)
@@ -297,17 +299,23 @@ class SegmentationRun:
         self.meta_stream.load_state_dict(state["meta_stream"])
 
     def tensorboard_figures(self, epoch: int) -> dict[str, Any]:
-        """Every ``train.figures_every`` epochs: the overlay of the first val case (else meta case).
+        """Every ``train.figures_every`` epochs: an overlay, and α/β maps once meta-weighting is on.
 
-        :mod:`mlbseg.seg.tensorboard`: eval-mode prediction, nothing random, so training is unchanged.
+        The overlay is of the first val case (else meta case); the α/β maps, for methods with meta weights,
+        of four fixed training slices. Both leave the run as it was (:mod:`mlbseg.seg.tensorboard`,
+        :func:`mlbseg.seg.weight_maps.live_weight_rows`), so training is the same with or without them.
         """
         every = self.cfg.train.figures_every
         if every == 0 or epoch % every:
             return {}
+        step = self.step
         volume = (self.val_volumes or self.meta_volumes)[0]
         names = label_names(self.data_record)[1:]
-        step = self.step
-        return {"overlay": overlay_of_volume(step.model, volume, names, amp_dtype=step.amp_dtype)}
+        figures = {"overlay": overlay_of_volume(step.model, volume, names, amp_dtype=step.amp_dtype)}
+        if self.cfg.method.uses_meta_weights and self.meta_weighting:
+            rows = live_weight_rows(step, self.cfg, self.train_set, self.meta_set, epoch=epoch)
+            figures["weights"] = draw_weight_maps(rows)
+        return figures
 
     def final_state(self) -> dict[str, Any]:
         """The EMA teacher's weights (when enabled), the robust loss (ν) and the data record (``data``).

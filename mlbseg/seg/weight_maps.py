@@ -75,6 +75,53 @@ def weight_map_rows(
     return rows
 
 
+def live_weight_rows(
+    step: SegmentationStep,
+    cfg: SegConfig,
+    train_set: SliceSet,
+    meta_set: SliceSet,
+    *,
+    epoch: int,
+    count: int = 4,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """The rows of :func:`weight_map_rows` for a run in progress (TensorBoard), leaving it as it was.
+
+    A step of its own around the run's network: its own generator (``seed``), an optimizer with the live
+    state (the meta engine reads it and changes nothing), a copy of the teacher; the network's buffers
+    (BatchNorm statistics, which the train-mode forwards update) are put back afterwards.
+
+    Args:
+        step: The run's step (its network, optimizer and teacher are read).
+        cfg: The run's config.
+        train_set: The run's training slices.
+        meta_set: The run's meta slices.
+        epoch: Epochs done (the learning rate is that of the last one).
+        count: Training slices (rows), drawn with ``seed`` among those with foreground.
+        seed: Of the slice choice, augmentation and meta batch.
+    """
+    model = step.model
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    teacher = step.teacher.state_dict() if step.teacher is not None else None
+    state = {"optimizer": step.optimizer.state_dict(), "teacher": teacher, "epoch": epoch}
+    device = train_set.images.device
+    chosen = _choose_slices(train_set, count, seed)
+    try:
+        own = _rebuild_step(cfg, model, state, device=device, seed=seed, num_labels=train_set.num_labels)
+        meta_stream = IndexStream(len(meta_set), cfg.method.meta_batch_size, own.generator)
+        rows: list[dict[str, Any]] = []
+        for index in chosen.to(device).split(cfg.train.batch_size):
+            rows += _weights_of_batch(own, train_set, meta_set, meta_index=meta_stream.next(), index=index)
+    finally:
+        with torch.no_grad():
+            for name, buffer in model.named_buffers():
+                buffer.copy_(buffers[name])
+    names = train_set.slice_names()
+    for row, index in zip(rows, chosen.tolist(), strict=True):
+        row["title"] = names[index]
+    return rows
+
+
 def _rebuild_step(
     cfg: SegConfig,
     model: torch.nn.Module,
