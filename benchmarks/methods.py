@@ -5,7 +5,9 @@ not a copy) on the same small UNet++ (resnet18 encoder, depth 4, decoder 32/32/1
 one logit out) at 144×144, seeded alike, with the method's defaults: the five views, α/β, consistency,
 the EMA teacher and the meta-batch step where the method has them, a robust loss (and the T-Loss's ν in
 the optimizer) for the robust-loss methods, the peer networks (each with its own optimizer) of
-co-teaching (2 networks) and Tri-Net (3), the confident-learning correction of clslsr. Batches as the
+co-teaching (2 networks) and Tri-Net (3), the confident-learning correction of clslsr, adele's per-class
+training-IoU counts (its label correction is a pass over the train slices once per epoch, outside the step,
+and not timed here). Batches as the
 paper: 1 training slice (five views where the method uses them) and 2 clean meta slices; SGD lr 0.005,
 momentum 0.9, weight decay 5e-4, clipping 0.2; the meta-weighted step (after warm-up), full precision.
 

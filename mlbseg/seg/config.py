@@ -50,8 +50,8 @@ class MethodTraits:
 
 
 # The selection and correction rules (docs/method.md §5.3): several networks that select pixels for each
-# other, or one network that corrects its labels.
-SELECTION_RULES = ("coteaching", "trinet", "clslsr")
+# other, or one network that corrects its labels (clslsr per batch, adele in its stored label maps).
+SELECTION_RULES = ("coteaching", "trinet", "clslsr", "adele")
 
 # MLB-Seg's own parts (Wei et al., MICCAI 2023): the views, multi-view consistency (weight 1) and the EMA
 # teacher, as promise12_mlbseg.yaml has always set them.
@@ -75,6 +75,7 @@ METHODS: dict[str, MethodTraits] = {
     "coteaching": MethodTraits(rule="coteaching", networks=2),  # Han et al., NeurIPS 2018
     "trinet": MethodTraits(rule="trinet", networks=3),  # Zhang et al., MICCAI 2020
     "clslsr": MethodTraits(rule="clslsr"),  # Zhang et al., MICCAI 2020 (confident learning + SLSR)
+    "adele": MethodTraits(rule="adele"),  # Liu et al., CVPR 2022 (adaptive early-learning correction)
 }
 
 
@@ -153,6 +154,11 @@ class MethodConfig:
     forget_rate: float = 0.2
     forget_ramp_epochs: int = 10  # T_k: epochs over which the forget rate ramps from 0 (the paper's 10)
     clslsr_epsilon: float = 0.25  # clslsr: label smoothing ε at the detected label errors (PyMIC's 0.25)
+    # adele: a class's turning point is the first epoch where the slope of its fitted training-IoU curve
+    # has dropped by this share of the first epoch's (the paper's r = 0.9) ...
+    adele_slope_drop: float = 0.9
+    # ... after which its labels follow the model's predictions above this probability (the paper's 0.8)
+    adele_confidence: float = 0.8
     views: ViewsConfig = field(default_factory=ViewsConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
 
@@ -296,6 +302,8 @@ def check_config(cfg: SegConfig) -> None:
     check_range("method.forget_rate", method.forget_rate, 0.0, 1.0, strict="high")
     check_range("method.forget_ramp_epochs", method.forget_ramp_epochs, 0)
     check_range("method.clslsr_epsilon", method.clslsr_epsilon, 0.0, 1.0, strict="high")
+    check_range("method.adele_slope_drop", method.adele_slope_drop, 0.0, 1.0, strict="both")
+    check_range("method.adele_confidence", method.adele_confidence, 0.5, 1.0, strict="high")
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)

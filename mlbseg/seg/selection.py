@@ -1,7 +1,8 @@
 """Pixel selection and label correction rules of the noisy-label methods, as pure tensor functions.
 
-Each function implements the defining rule of one method on plain tensors (no networks, no optimizer), so
-that it can be tested on a hand-made batch; :class:`mlbseg.seg.step.SegmentationStep` applies them.
+Each function implements the defining rule of one method on plain tensors or numbers (no networks, no
+optimizer), so that it can be tested on a hand-made batch or curve; :class:`mlbseg.seg.step.SegmentationStep`
+and the run (:mod:`mlbseg.seg.trainer`) apply them.
 
 Shapes: per-pixel costs are those of the label space (binary ``[V, 1, h, w]``, K > 2 ``[V, h, w]``); the
 selection functions take any shape and return a bool mask of the same shape. Class probabilities are
@@ -11,8 +12,16 @@ labels are class indices ``[V, h, w]`` int64.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
 import torch
+from scipy.optimize import OptimizeWarning, curve_fit
 from torch import Tensor
+
+# ADELE's curve has three parameters: fewer epochs than this cannot be fitted.
+MIN_FIT_EPOCHS = 3
 
 
 def forget_rate(epoch: int, *, final_rate: float, ramp_epochs: int) -> float:
@@ -144,3 +153,115 @@ def smoothed_targets(labels: Tensor, errors: Tensor, classes: int, epsilon: floa
     one_hot = torch.nn.functional.one_hot(labels, classes).movedim(-1, 1).float()  # [V, K, h, w]
     smooth = (1 - epsilon) * one_hot + epsilon / (classes - 1) * (1 - one_hot)
     return torch.where(errors[:, None], smooth, one_hot)
+
+
+def class_overlaps(prediction: Tensor, labels: Tensor, num_labels: int) -> Tensor:
+    """Per foreground class, the pixels in both and in either of a prediction and its labels.
+
+    Summed over an epoch's batches they give the epoch's training IoU of every class (ADELE's curve,
+    :func:`early_learning_turning_epoch`): intersection / union.
+
+    Args:
+        prediction: [V, 1, h, w] predicted class indices (any dtype).
+        labels: [V, 1, h, w] class indices of the labels trained on.
+        num_labels: K, background included.
+
+    Returns:
+        [2, K − 1] int64: row 0 the intersections, row 1 the unions of classes 1..K−1 (pixel counts).
+    """
+    classes = torch.arange(1, num_labels, device=labels.device)[:, None]  # [K − 1, 1]
+    predicted = prediction.flatten()[None] == classes  # [K − 1, P]
+    labelled = labels.flatten()[None] == classes
+    return torch.stack([(predicted & labelled).sum(dim=1), (predicted | labelled).sum(dim=1)])
+
+
+def early_learning_curve(epochs: np.ndarray, scale: float, rate: float, power: float) -> np.ndarray:
+    """ADELE's model of a class's training IoU in epoch t: f(t) = a·(1 − exp(−b·t^c)), a, b, c ≥ 0."""
+    return scale * (1.0 - np.exp(-rate * epochs**power))
+
+
+def early_learning_slope(epochs: np.ndarray, scale: float, rate: float, power: float) -> np.ndarray:
+    """f'(t) = a·b·c·t^(c − 1)·exp(−b·t^c), the derivative of :func:`early_learning_curve`."""
+    return scale * rate * power * epochs ** (power - 1) * np.exp(-rate * epochs**power)
+
+
+def fit_early_learning_curve(iou: Sequence[float]) -> tuple[float, float, float] | None:
+    """Least-squares fit of :func:`early_learning_curve` to the IoU of epochs 1..T (a in [0, 1]).
+
+    Deterministic (scipy's trust-region reflective solver from a = max IoU, b = c = 1); None for fewer
+    than :data:`MIN_FIT_EPOCHS` epochs, for a class never predicted (IoU 0 in every epoch: nothing has
+    been learnt, so nothing has turned) or when the solver does not converge.
+    """
+    values = np.asarray(iou, dtype=np.float64)
+    if len(values) < MIN_FIT_EPOCHS or not values.any():
+        return None
+    epochs = np.arange(1, len(values) + 1, dtype=np.float64)
+    start = (min(max(float(values.max()), 1e-3), 1.0), 1.0, 1.0)
+    try:
+        with warnings.catch_warnings():  # an exact fit has no covariance estimate; only the fit is used
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(
+                early_learning_curve, epochs, values, p0=start, bounds=([0, 0, 0], [1, np.inf, np.inf])
+            )
+    except (RuntimeError, ValueError):  # no convergence
+        return None
+    return float(params[0]), float(params[1]), float(params[2])
+
+
+def early_learning_turning_epoch(iou: Sequence[float], slope_drop: float) -> int | None:
+    """ADELE's turning point: the first epoch whose fitted slope has dropped by ``slope_drop`` r.
+
+    Liu, Liu, Zhu, Shen & Fernandez-Granda, "Adaptive Early-Learning Correction for Segmentation from
+    Noisy Annotations", CVPR 2022, §4.1: the training IoU of a class (against the noisy labels) is fitted
+    with f(t) = a(1 − exp(−b·t^c)) (:func:`fit_early_learning_curve`), and memorization starts at the first
+    epoch t where the relative change of the slope, |f'(1) − f'(t)| / |f'(1)|, exceeds r (the paper's 0.9).
+    Only a falling slope counts, f'(t) < (1 − r)·f'(1): a curve whose slope grows (a late start) has not
+    turned. The label correction of that class starts once the turning point lies within the epochs seen.
+
+    Args:
+        iou: The class's training IoU in epochs 1..T (0-based list).
+        slope_drop: r in (0, 1).
+
+    Returns:
+        The 1-based turning epoch t ≤ T, or None when the curve has not turned yet (or cannot be fitted,
+        or does not rise at epoch 1).
+
+    Example:
+        >>> curve = 0.8 * (1 - np.exp(-0.5 * np.arange(1, 11)))  # f'(t)/f'(1) = e^{-(t-1)/2}
+        >>> early_learning_turning_epoch(curve[:5], 0.9), early_learning_turning_epoch(curve, 0.9)
+        (None, 6)
+    """
+    params = fit_early_learning_curve(iou)
+    if params is None:
+        return None
+    slopes = early_learning_slope(np.arange(1, len(iou) + 1, dtype=np.float64), *params)
+    if not slopes[0] > 0:
+        return None
+    turned = np.flatnonzero(slopes < (1.0 - slope_drop) * slopes[0])
+    return int(turned[0]) + 1 if turned.size else None
+
+
+def early_learning_correction(
+    labels: Tensor, probs: Tensor, corrected_classes: Tensor, confidence: float
+) -> Tensor:
+    """ADELE's label correction: labels of the corrected classes follow the model where it is confident.
+
+    Liu et al., CVPR 2022, §4.1: after a class's turning point its annotation is replaced by the model's
+    prediction wherever the model's probability exceeds τ (the paper's 0.8). A pixel whose most probable
+    class d has probability above τ (τ ≥ 0.5 makes d unique) takes label d when d or its current label is
+    a corrected class: the corrected class c grows where the model is sure of c, and gives up its pixels
+    where the model is sure of another class (the background included). Other pixels keep their label.
+
+    Args:
+        labels: [V, h, w] int64 current labels.
+        probs: [V, K, h, w] class probabilities (binary: background and foreground).
+        corrected_classes: [K] bool, the classes past their turning point.
+        confidence: τ in [0.5, 1).
+
+    Returns:
+        [V, h, w] int64 corrected labels.
+    """
+    best, predicted = probs.max(dim=1)  # [V, h, w] each
+    corrected = corrected_classes.to(labels.device)
+    change = (best > confidence) & (corrected[predicted] | corrected[labels])
+    return torch.where(change, predicted, labels)

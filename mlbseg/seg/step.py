@@ -7,7 +7,9 @@ weights (the mean cost of the views); ``baseline`` trains on the mean cost of th
 ``baseline_plus_meta`` adds the meta-batch step; ``gce``, ``mae``, ``nr_dice`` and ``tloss`` train on a
 robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`); ``coteaching`` and
 ``trinet`` train two or three networks on the pixels the others select (:mod:`mlbseg.seg.selection`),
-``clslsr`` smooths the labels at confident-learning label errors. Which parts a method
+``clslsr`` smooths the labels at confident-learning label errors, ``adele`` trains on the mean cost of labels
+that the run corrects after each class's early-learning turning point (the step counts each class's
+training IoU for it, :meth:`SegmentationStep.class_overlap`). Which parts a method
 uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
@@ -52,6 +54,7 @@ from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
 from mlbseg.seg.losses import RobustLoss, class_probabilities, pixel_cross_entropy
 from mlbseg.seg.selection import (
+    class_overlaps,
     confident_label_errors,
     coteaching_masks,
     forget_rate,
@@ -114,7 +117,8 @@ class SegmentationStep:
     engine and the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
     ``peers`` are the further networks of a method with several (``method.networks`` − 1 of them), each
     stepped by its own optimizer, clipped and averaged across processes as the first; the first network
-    (``model``) is the one evaluated. :meth:`begin_epoch` sets the epoch's forget rate.
+    (``model``) is the one evaluated. :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``,
+    starts the epoch's per-class counts of the training IoU afresh (:meth:`class_overlap`).
     """
 
     def __init__(
@@ -153,12 +157,29 @@ class SegmentationStep:
             torch.compile(peer.model, dynamic=False) if compile_model else peer.model for peer in self.peers
         ]
         self.keep_share = 1.0  # 1 − the epoch's forget rate (co-teaching, Tri-Net)
+        self._overlap: torch.Tensor | None = None  # adele: [2, K − 1] the epoch's sums so far
 
     def begin_epoch(self, epoch: int) -> None:
-        """The forget rate of (0-based) ``epoch`` for the selection rules (:func:`forget_rate`)."""
+        """The forget rate of (0-based) ``epoch`` for the selection rules (:func:`forget_rate`).
+
+        Also empties ``adele``'s per-class IoU counts.
+        """
         method = self.method
         rate = forget_rate(epoch, final_rate=method.forget_rate, ramp_epochs=method.forget_ramp_epochs)
         self.keep_share = 1.0 - rate
+        self._overlap = None
+
+    def class_overlap(self) -> torch.Tensor:
+        """``adele``: [2, K − 1] int64 intersections and unions of every foreground class this epoch.
+
+        Summed over the epoch's steps so far (this process's batches): the hard prediction of each step's
+        own forward against the labels it trained on (:func:`~mlbseg.seg.selection.class_overlaps`);
+        zeros before the first step.
+        """
+        if self._overlap is None:
+            device = next(self.model.parameters()).device
+            return torch.zeros(2, self.labels.num_labels - 1, dtype=torch.int64, device=device)
+        return self._overlap
 
     def expand(
         self,
@@ -221,6 +242,9 @@ class SegmentationStep:
             loss = loss + extra(logits)
         if self.robust_loss is not None and self.robust_loss.nu is not None:
             stats["tloss_nu"] = self.robust_loss.nu.detach()  # the ν of this loss, before its update
+        if self.method.rule == "adele":
+            overlap = class_overlaps(hard_labels(probs.detach()), batch.labels, self.labels.num_labels)
+            self._overlap = overlap if self._overlap is None else self._overlap + overlap
         self._apply(loss)
         stats["loss"] = loss.detach()
         stats["train_dice_reference"] = self.reference_dice(probs.detach(), batch)

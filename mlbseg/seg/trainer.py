@@ -25,6 +25,10 @@ maps for the K labels of the manifest (binary: one); both checkpoints keep the m
 them (a case without a reference under a synthetic level, a case without the chosen annotation) are left
 out, and train cases without a reference are not monitored (``train_dice_reference``); both are said once
 on stderr.
+
+``adele`` (:class:`EarlyLearningCorrection`) keeps each foreground class's training-IoU curve, its turning
+point and the corrected label maps of the train slices, which the steps then train on; all three are in
+``last.pt`` (``correction``) and resume bit for bit.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from mlbseg.engine import trainer as engine
+from mlbseg.engine.distributed import Distributed
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import build_optimizer
 from mlbseg.engine.seeding import make_generator
@@ -53,14 +58,17 @@ from mlbseg.seg.data import (
     load_volumes,
     training_label_key,
 )
-from mlbseg.seg.inference import validation_dice
+from mlbseg.seg.inference import predict_probabilities, validation_dice
 from mlbseg.seg.model import build_model, output_channels
+from mlbseg.seg.selection import early_learning_correction, early_learning_turning_epoch
 from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 from mlbseg.seg.tensorboard import overlay_of_volume
 from mlbseg.seg.weight_maps import live_weight_rows
 
 # Statistics that a batch may not cover (NaN then): averaged over the steps whose batch they cover.
 MONITORING_STATS = ("train_dice_reference",)
+# adele: train slices per forward of the label correction's pass (bounds its probability maps' memory).
+CORRECTION_CHUNK = 256
 
 
 def default_run_dir(cfg: SegConfig) -> Path:
@@ -125,6 +133,15 @@ class SegmentationRun:
             learnt = list(self.robust_loss.parameters())
             if learnt:  # ν: stepped by the run's optimizer, without weight decay
                 self.optimizer.add_param_group({"params": learnt, "weight_decay": 0.0})
+        self.correction = (
+            EarlyLearningCorrection(
+                self.train_set,
+                slope_drop=cfg.method.adele_slope_drop,
+                confidence=cfg.method.adele_confidence,
+            )
+            if cfg.method.rule == "adele"
+            else None
+        )
         self.peers = [
             PeerNetwork(peer, build_optimizer(peer, cfg.optim))
             for peer in (
@@ -213,14 +230,23 @@ class SegmentationRun:
         """Average BatchNorm statistics over the processes; rank 0 logs ``meta_dice`` and ``val_dice``.
 
         ``val_dice`` only with a val split; with ``train.select: best_val`` also ``best_epoch`` (1-based,
-        as ``epoch``) and ``best_val_dice``, the best so far (the first of equal ones).
+        as ``epoch``) and ``best_val_dice``, the best so far (the first of equal ones). ``adele``: every
+        process first updates the curves, turning points and corrected labels alike
+        (:meth:`EarlyLearningCorrection.end_epoch`: ``train_iou``, ``corrected_classes``,
+        ``corrected_share``).
         """
         step = self.step
         networks = [step.model, *(peer.model for peer in self.peers)]
         self.dist.average_buffers(networks if step.teacher is None else [*networks, step.teacher.model])
+        corrected: dict[str, float] = {}
+        if self.correction is not None:
+            corrected = self.correction.end_epoch(
+                self.epoch, step.class_overlap(), step.model, dist=self.dist, amp_dtype=step.amp_dtype
+            )
         if not self.dist.is_main:  # rank 0 alone validates and writes the row
-            return {name: float("nan") for name in self._epoch_metric_names()}
-        metrics = {"meta_dice": validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)}
+            return {**{name: float("nan") for name in self._epoch_metric_names()}, **corrected}
+        metrics = {**corrected}
+        metrics["meta_dice"] = validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)
         if self.val_volumes is not None:
             metrics["val_dice"] = validation_dice(step.model, self.val_volumes, amp_dtype=step.amp_dtype)
         if self.cfg.train.select == "best_val":
@@ -250,6 +276,7 @@ class SegmentationRun:
         """Teacher, robust loss (ν), peers, generators, stream positions, best epoch and the data record.
 
         ``peers`` holds each further network's ``model`` and ``optimizer`` state ([] for one network);
+        ``correction`` ``adele``'s curves, turning points and corrected labels (None for other methods);
         ``best`` holds the epoch, its ``val_dice``, model and teacher (None unless ``train.select:
         best_val``); ``data`` is for ``predict``.
 
@@ -267,6 +294,7 @@ class SegmentationRun:
                 {"model": peer.model.state_dict(), "optimizer": peer.optimizer.state_dict()}
                 for peer in self.peers
             ],
+            "correction": self.correction.state_dict() if self.correction is not None else None,
             "best": self.best,
             "data": self.data_record,
         }
@@ -289,6 +317,8 @@ class SegmentationRun:
         for peer, saved in zip(self.peers, state.get("peers", []), strict=True):
             peer.model.load_state_dict(saved["model"])
             peer.optimizer.load_state_dict(saved["optimizer"])
+        if self.correction is not None:
+            self.correction.load_state_dict(state["correction"])
         self.best = state.get("best")
         if self.dist.enabled:
             self.stream_generator.set_state(state["stream_generator"])
@@ -336,6 +366,105 @@ class SegmentationRun:
             final.update(model=self.best["model"], teacher=self.best["teacher"])
             final.update(selected_epoch=self.best["epoch"], selected_val_dice=self.best["val_dice"])
         return final
+
+
+class EarlyLearningCorrection:
+    """``adele``'s state in a run: per-class training-IoU curves, turning points, corrected train labels.
+
+    Liu, Liu, Zhu, Shen & Fernandez-Granda, "Adaptive Early-Learning Correction for Segmentation from
+    Noisy Annotations", CVPR 2022 (docs/method.md §5.3). After every epoch :meth:`end_epoch` appends each
+    foreground class's IoU of that epoch (the step's counts, averaged over the processes) to its curve and
+    looks for the turning point of every class that has none yet
+    (:func:`~mlbseg.seg.selection.early_learning_turning_epoch`); from the epoch a class turns on, the
+    labels of every train slice are corrected after each epoch with the model's eval-mode probabilities
+    (:func:`~mlbseg.seg.selection.early_learning_correction`, corrections accumulate), and the steps
+    train on the corrected labels. The labels are the train set's own tensor, corrected in place.
+    """
+
+    def __init__(self, train_set: SliceSet, *, slope_drop: float, confidence: float) -> None:
+        self.images, self.labels = train_set.images, train_set.labels  # [N, C, h, w]; [N, 1, h, w] uint8
+        self.noisy = train_set.labels.clone()  # the labels as given, for ``corrected_share``
+        self.slope_drop, self.confidence = slope_drop, confidence
+        classes = train_set.num_labels - 1
+        self.curves: list[list[float]] = [[] for _ in range(classes)]  # per foreground class, per epoch
+        self.turning_epochs: list[int | None] = [None] * classes  # 1-based epoch the correction began
+
+    def end_epoch(
+        self,
+        epoch: int,
+        overlap: torch.Tensor,
+        model: torch.nn.Module,
+        *,
+        dist: Distributed,
+        amp_dtype: torch.dtype | None,
+    ) -> dict[str, float]:
+        """Record (0-based) ``epoch``'s IoU, detect turning points, correct; every process alike.
+
+        Args:
+            epoch: The epoch just trained.
+            overlap: [2, K − 1] this process's intersections and unions of the epoch
+                (:meth:`SegmentationStep.class_overlap`).
+            model: The network, its BatchNorm statistics already averaged over the processes.
+            dist: The run's processes (the counts are averaged: IoU is a ratio of sums).
+            amp_dtype: Autocast dtype of the correction pass.
+
+        Returns:
+            ``train_iou`` (the epoch's mean over the foreground classes), ``corrected_classes`` (how many
+            have turned) and ``corrected_share`` (share of train pixels whose label differs from the given).
+        """
+        counts = overlap.double()
+        dist.average([counts])
+        iou = (counts[0] / counts[1].clamp_min(1)).tolist()  # a class absent everywhere: 0
+        for curve, value in zip(self.curves, iou, strict=True):
+            curve.append(value)
+        for index, curve in enumerate(self.curves):
+            if self.turning_epochs[index] is None and (
+                early_learning_turning_epoch(curve, self.slope_drop) is not None
+            ):
+                self.turning_epochs[index] = epoch + 1
+        if self.corrected_classes():
+            self._correct(model, amp_dtype)
+        return {
+            "train_iou": sum(iou) / len(iou),
+            "corrected_classes": float(self.corrected_classes()),
+            "corrected_share": float((self.labels != self.noisy).float().mean()),
+        }
+
+    def corrected_classes(self) -> int:
+        """How many foreground classes have passed their turning point."""
+        return sum(turned is not None for turned in self.turning_epochs)
+
+    @torch.no_grad()
+    def _correct(self, model: torch.nn.Module, amp_dtype: torch.dtype | None) -> None:
+        """Correct the stored labels of every train slice (chunks of :data:`CORRECTION_CHUNK`)."""
+        turned = [False] + [epoch is not None for epoch in self.turning_epochs]  # the background: never
+        corrected = torch.tensor(turned, device=self.labels.device)  # [K]
+        for start in range(0, len(self.labels), CORRECTION_CHUNK):
+            chunk = slice(start, start + CORRECTION_CHUNK)
+            probs = predict_probabilities(model, self.images[chunk], amp_dtype=amp_dtype)  # [B, C_out, h, w]
+            if probs.shape[1] == 1:
+                probs = torch.cat([1 - probs, probs], dim=1)  # [B, 2, h, w]: background, foreground
+            labels = self.labels[chunk, 0].long()  # [B, h, w]
+            new = early_learning_correction(labels, probs, corrected, self.confidence)
+            self.labels[chunk, 0] = new.to(self.labels.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``curves``, ``turning_epochs`` and the corrected ``labels``.
+
+        ``labels`` is [N, 1, h, w] uint8 on the CPU, None until a class turns (the given labels then).
+        """
+        return {
+            "curves": [list(curve) for curve in self.curves],
+            "turning_epochs": list(self.turning_epochs),
+            "labels": self.labels.cpu().clone() if self.corrected_classes() else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` (the train set's labels are the given ones until then)."""
+        self.curves = [list(curve) for curve in state["curves"]]
+        self.turning_epochs = list(state["turning_epochs"])
+        if state["labels"] is not None:
+            self.labels.copy_(state["labels"])
 
 
 def _copy(state: dict[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ DEFAULTS = {
     "coteaching": (0.0, False),
     "trinet": (0.0, False),
     "clslsr": (0.0, False),
+    "adele": (0.0, False),
 }
 
 
