@@ -4,10 +4,10 @@ Layout (docs/reference.md §2): ``<root>/cifar-10-batches-py/data_batch_1..5, te
 ``<root>/cifar-100-python/train, test`` (keys ``fine_labels``, ``coarse_labels``); ``data`` is uint8
 [N, 3072] in CHW order. Nothing is downloaded.
 
-The pickles are read with :class:`CifarUnpickler`, never ``pickle.load``: unpickling may call any global
-a file names, so a file planted in the data folder could run code. The unpickler resolves only the few
-globals that CIFAR's dicts of numpy arrays, lists, ints and bytes need, and every part is then checked
-(shape, dtype, one label per image, labels within the classes).
+The pickles are read with :class:`mlbseg.safe_pickle.ArrayUnpickler`, never ``pickle.load``: unpickling
+may call any global a file names, so a file planted in the data folder could run code. The unpickler
+resolves only the few globals that CIFAR's dicts of numpy arrays, lists, ints and bytes need, and every
+part is then checked (shape, dtype, one label per image, labels within the classes).
 
 Two split modes:
 
@@ -20,12 +20,8 @@ Two split modes:
 
 from __future__ import annotations
 
-import codecs
-import functools
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 
@@ -39,6 +35,7 @@ from mlbseg.cls.noise import (
 from mlbseg.cls.sampling import Rng, rank_within_class
 from mlbseg.cls.transforms import cifar_transform
 from mlbseg.errors import UserError
+from mlbseg.safe_pickle import DAMAGED, ArrayUnpickler
 
 # name -> (folder, training pickles, test pickles, label key, archive the folder comes from)
 _LAYOUT = {
@@ -59,8 +56,6 @@ _LAYOUT = {
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
 COARSE_CLASSES = 20  # CIFAR-100's super-classes
-# What unpickling a damaged file raises (a bad opcode, a cut-off stream, bad arguments to an allowed global).
-_DAMAGED = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 SPLITS = ("reference", "random")
 
 
@@ -79,62 +74,15 @@ class CifarArrays:
     coarse_labels: np.ndarray | None
 
 
-def _latin1_encode(text: str, encoding: str) -> bytes:
-    """``_codecs.encode`` as pickle protocols 0–2 use it to rebuild ``bytes``, limited to latin-1."""
-    if encoding != "latin1":
-        raise pickle.UnpicklingError(f"bytes encoded as {encoding!r}, not latin1")
-    return codecs.encode(text, "latin1")
-
-
-@functools.cache
-def _cifar_globals() -> dict[tuple[str, str], Any]:
-    """The globals a pickled dict of numpy arrays needs, under numpy 1 (``numpy.core``) and 2 (``_core``).
-
-    ``_reconstruct`` (protocols 0–4) and ``_frombuffer`` (protocol 5) are taken from numpy's own reduction
-    of an array, so the module that holds them is never imported under its other name.
-    """
-    sample = np.zeros(1, np.uint8)
-    reconstruct, frombuffer = sample.__reduce__()[0], sample.__reduce_ex__(5)[0]
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-    }
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-class CifarUnpickler(pickle.Unpickler):
-    """An unpickler that builds only dicts, lists, str, bytes, numbers and numpy arrays.
-
-    Any other global (a class or a function to call) is a UserError naming the file, raised before it is
-    resolved, so a hostile pickle cannot run code. Python 2 strings are decoded as latin-1, as numpy
-    needs for the arrays of the original CIFAR files.
-    """
-
-    def __init__(self, file: IO[bytes], path: Path) -> None:
-        super().__init__(file, encoding="latin1")
-        self.path = path
-
-    def find_class(self, module: str, name: str) -> Any:
-        """The allowed global ``module.name``; any other is a UserError."""
-        found = _cifar_globals().get((module, name))
-        if found is None:
-            raise UserError(f"{self.path}: not a CIFAR pickle (refuses global {module}.{name})")
-        return found
-
-
 def _read_pickle(path: Path, root: Path, what: str) -> dict:
     if not path.parent.is_dir():
         raise UserError(f"{path.parent} not found: put the {what} under {root}/")
     try:
         with path.open("rb") as file:
-            batch = CifarUnpickler(file, path).load()
+            batch = ArrayUnpickler(file, path, "CIFAR pickle").load()
     except FileNotFoundError:
         raise UserError(f"{path} not found: put the {what} under {root}/") from None
-    except _DAMAGED as err:
+    except DAMAGED as err:
         raise UserError(f"{path} is not a readable CIFAR pickle ({err}): extract the archive again") from None
     if not isinstance(batch, dict):
         raise UserError(f"{path}: not a CIFAR pickle (holds a {type(batch).__name__}, not a dict)")

@@ -13,7 +13,8 @@ the keys ``train_l2b``, ``meta_l2b`` and ``test``. Folder names follow MLB-Seg's
 Only single-channel binary datasets can be exported (that code knows nothing else). Importing reads such
 ``{img, label}`` volumes back into NIfTI pairs that ``mlbseg prepare`` reads. The
 legacy files carry no geometry, so the volumes get 1 mm spacing, zero origin and identity direction.
-Loading them unpickles Python objects: only import files you trust.
+They are read with a restricted unpickler (:mod:`mlbseg.safe_pickle`) that builds dicts and numpy arrays
+only, so a hostile file cannot run code.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlbseg.prep.discovery import MASK_TAG
 from mlbseg.prep.manifest import load_case, load_manifest
 from mlbseg.prep.noise import LEVELS
 from mlbseg.prep.volumes import write_volume
+from mlbseg.safe_pickle import load_npy_object
 
 UNIT_GEOMETRY = {
     "spacing": [1.0, 1.0, 1.0],
@@ -93,11 +95,7 @@ def export_legacy(
 
 
 def _read_legacy_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        content = np.load(path, allow_pickle=True)
-        item = content.item() if content.dtype == object and content.shape == () else None
-    except (OSError, ValueError, EOFError) as err:
-        raise UserError(f"{path}: cannot read this .npy file ({err})") from None
+    item = load_npy_object(path, "saved dict of the reference's volume files")
     if not isinstance(item, dict) or not {"img", "label"} <= set(item):
         raise UserError(
             f"{path}: expected a saved dict with keys 'img' and 'label' (the reference's volume files)"

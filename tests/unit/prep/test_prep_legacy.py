@@ -1,6 +1,7 @@
 """Exchange with the reference code's .npy layout, and the data_prep/ helper scripts."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,32 @@ def test_import_turns_legacy_volumes_into_a_raw_folder(tmp_path):
     assert manifest["cases"]["Case01"]["original_shape"] == [4, 12, 10]
     assert load_case(tmp_path / "prepared", "Case01")["mask_original"].sum() == 2 * 5 * 5
     np.save(volumes / "Case09.npy", np.zeros(3))
-    with pytest.raises(UserError, match=r"Case09\.npy: expected a saved dict"):
+    with pytest.raises(UserError, match=r"Case09\.npy: not a saved dict"):
         import_legacy(volumes, tmp_path / "raw2")
     assert not (tmp_path / "raw2").exists()
+
+
+class _Payload:
+    """Unpickling this runs ``os.system``: what a hostile .npy could hide in a saved object array."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_hostile_legacy_npy_cannot_run_code(tmp_path):
+    volumes = tmp_path / "original_data"
+    volumes.mkdir()
+    marker = tmp_path / "pwned"
+    hostile = np.empty((), dtype=object)
+    hostile[()] = {"img": _Payload(marker), "label": np.zeros((2, 4, 4), np.uint8)}
+    np.save(volumes / "Case00.npy", hostile, allow_pickle=True)
+    with pytest.raises(UserError, match=r"Case00\.npy: not a saved dict .* \(refuses global posix\.system\)"):
+        import_legacy(volumes, tmp_path / "raw")
+    assert not marker.exists()
+    assert not (tmp_path / "raw").exists()
 
 
 def test_promise12_parts_are_merged_by_symlinks(tmp_path):
