@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         raise UserError(f"{path}: not a readable mlbseg checkpoint ({type(err).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -40,3 +42,21 @@ def test_missing_truncated_and_foreign_files_are_user_errors(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(UserError, match="no 'model' entry"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+class _Payload:
+    """Unpickling this runs ``os.system``: what a shared run folder's checkpoint could hide."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "note": _Payload(marker)}, tmp_path / "final.pt")
+    with pytest.raises(UserError, match=r"final\.pt: not a readable mlbseg checkpoint"):
+        load_checkpoint(tmp_path / "final.pt")
+    assert not marker.exists()
