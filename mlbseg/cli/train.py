@@ -25,8 +25,9 @@ def train(
     """Train a segmentation network on noisy labels with one method (method.name; `mlbseg configs`).
 
     Methods: baseline, robust losses (gce, mae, nr_dice, tloss), selection and correction (coteaching,
-    trinet, clslsr, adele), meta-weighting (l2rw, l2b_seg, mlbseg) and the controls baseline_plus_meta and
-    views_meta; the model is UNet++/U-Net from smp or the reference's NestedUNet (model.arch).
+    trinet, clslsr, adele, dast), meta-weighting (l2rw, l2b_seg, mlbseg) and the controls
+    baseline_plus_meta and views_meta; the model is UNet++/U-Net from smp or the reference's NestedUNet
+    (model.arch).
     """
     from mlbseg.config import load_config, resolve_config_path
     from mlbseg.seg.config import SegConfig, with_absolute_paths

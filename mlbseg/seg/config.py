@@ -50,8 +50,9 @@ class MethodTraits:
 
 
 # The selection and correction rules (docs/method.md §5.3): several networks that select pixels for each
-# other, or one network that corrects its labels (clslsr per batch, adele in its stored label maps).
-SELECTION_RULES = ("coteaching", "trinet", "clslsr", "adele")
+# other, or one network that corrects its labels (clslsr per batch, adele in its stored label maps), or two
+# networks whose divergence ranks each batch as noisy or clean (dast).
+SELECTION_RULES = ("coteaching", "trinet", "clslsr", "adele", "dast")
 
 # MLB-Seg's own parts (Wei et al., MICCAI 2023): the views, multi-view consistency (weight 1) and the EMA
 # teacher, as promise12_mlbseg.yaml has always set them.
@@ -76,6 +77,8 @@ METHODS: dict[str, MethodTraits] = {
     "trinet": MethodTraits(rule="trinet", networks=3),  # Zhang et al., MICCAI 2020
     "clslsr": MethodTraits(rule="clslsr"),  # Zhang et al., MICCAI 2020 (confident learning + SLSR)
     "adele": MethodTraits(rule="adele"),  # Liu et al., CVPR 2022 (adaptive early-learning correction)
+    # Yang et al., IEEE JBHI 2022 (divergence-aware selective training); the meta batch is its clean data
+    "dast": MethodTraits(rule="dast", networks=2, meta_batch_step=True),
 }
 
 
@@ -159,6 +162,12 @@ class MethodConfig:
     adele_slope_drop: float = 0.9
     # ... after which its labels follow the model's predictions above this probability (the paper's 0.8)
     adele_confidence: float = 0.8
+    # dast: the FIFO queue of the last batches' divergences that ranks the current one (PyMIC's 20) ...
+    dast_queue: int = 20
+    # ... the top share of it taken as noisy (our default, not taken from the paper) ...
+    dast_noisy_share: float = 0.2
+    # ... and the weight of the two networks' consistency loss on the batches ranked noisy
+    dast_consistency_weight: float = 1.0
     views: ViewsConfig = field(default_factory=ViewsConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
 
@@ -304,6 +313,9 @@ def check_config(cfg: SegConfig) -> None:
     check_range("method.clslsr_epsilon", method.clslsr_epsilon, 0.0, 1.0, strict="high")
     check_range("method.adele_slope_drop", method.adele_slope_drop, 0.0, 1.0, strict="both")
     check_range("method.adele_confidence", method.adele_confidence, 0.5, 1.0, strict="high")
+    check_range("method.dast_queue", method.dast_queue, 1)
+    check_range("method.dast_noisy_share", method.dast_noisy_share, 0.0, 1.0, strict="high")
+    check_range("method.dast_consistency_weight", method.dast_consistency_weight, 0.0)
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)

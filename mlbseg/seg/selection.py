@@ -265,3 +265,63 @@ def early_learning_correction(
     corrected = corrected_classes.to(labels.device)
     change = (best > confidence) & (corrected[predicted] | corrected[labels])
     return torch.where(change, predicted, labels)
+
+
+def class_log_probabilities(logits: Tensor) -> Tensor:
+    """[V, K, h, w] log-probabilities of every class from logits [V, C_out, h, w] (binary: C_out = 1, K = 2).
+
+    Binary data: log σ(−z) (the background) and log σ(z); K > 2: log-softmax over the K logits.
+    """
+    if logits.shape[1] == 1:
+        return torch.cat([torch.nn.functional.logsigmoid(-logits), torch.nn.functional.logsigmoid(logits)], 1)
+    return logits.log_softmax(dim=1)
+
+
+def kl_divergence_map(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
+    """Per-pixel KL(target ‖ p) = Σ_k t_k (log t_k − log p_k) of class log-probabilities [V, K, h, w].
+
+    Returns:
+        [V, h, w], ≥ 0; 0 where the two distributions are equal.
+    """
+    return (target_log_probs.exp() * (target_log_probs - log_probs)).sum(dim=1)
+
+
+def network_divergence(log_probs: Tensor, peer_log_probs: Tensor) -> Tensor:
+    """DAST's divergence of two networks on a batch: the mean symmetric KL of their class probabilities.
+
+    Yang et al., "Learning COVID-19 Pneumonia Lesion Segmentation from Imperfect Annotations via
+    Divergence-Aware Selective Training", IEEE JBHI 2022 (DAST): two networks
+    trained on the same labels diverge most where the labels are wrong. The score is
+    mean over pixels of ½ (KL(p ‖ q) + KL(q ‖ p)).
+
+    Args:
+        log_probs: [V, K, h, w] the first network's class log-probabilities
+            (:func:`class_log_probabilities`).
+        peer_log_probs: The peer's, same shape.
+
+    Returns:
+        A scalar ≥ 0 (0 for equal predictions), with gradients when its inputs have them.
+    """
+    forward = kl_divergence_map(log_probs, peer_log_probs)
+    backward = kl_divergence_map(peer_log_probs, log_probs)
+    return 0.5 * (forward + backward).mean()
+
+
+def ranked_noisy(scores: Tensor, noisy_share: float) -> Tensor:
+    """DAST's ranking: is the newest batch among the ``noisy_share`` most divergent of the queue's?
+
+    Yang et al., IEEE JBHI 2022: the divergence of the current batch is ranked against those of the last
+    batches (a FIFO queue); the batches with the top share of the scores are taken as noisy. With n scores
+    in the queue, the newest (the last entry) is noisy when fewer than ⌊noisy_share · n⌋ of them are strictly
+    above it (a score equal to the newest does not count), so a queue of fewer than 1 / noisy_share scores
+    ranks nothing noisy.
+
+    Args:
+        scores: [n] float, the queue's divergences, oldest first, the current batch's last.
+        noisy_share: The share of batches taken as noisy, in [0, 1).
+
+    Returns:
+        A bool scalar tensor on ``scores``' device (no host sync).
+    """
+    count = int(noisy_share * scores.numel())
+    return (scores > scores[-1]).sum() < count

@@ -9,7 +9,9 @@ robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`);
 ``trinet`` train two or three networks on the pixels the others select (:mod:`mlbseg.seg.selection`),
 ``clslsr`` smooths the labels at confident-learning label errors, ``adele`` trains on the mean cost of labels
 that the run corrects after each class's early-learning turning point (the step counts each class's
-training IoU for it, :meth:`SegmentationStep.class_overlap`). Which parts a method
+training IoU for it, :meth:`SegmentationStep.class_overlap`); ``dast`` trains two networks on the noisy
+labels of the batches their divergence ranks clean, on their consistency alone on those it ranks noisy,
+and the first on the clean meta batch (:meth:`SegmentationStep.dast_state_dict`). Which parts a method
 uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
@@ -54,11 +56,15 @@ from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
 from mlbseg.seg.losses import RobustLoss, class_probabilities, pixel_cross_entropy
 from mlbseg.seg.selection import (
+    class_log_probabilities,
     class_overlaps,
     confident_label_errors,
     coteaching_masks,
     forget_rate,
+    kl_divergence_map,
     masked_mean,
+    network_divergence,
+    ranked_noisy,
     smoothed_targets,
     trinet_masks,
 )
@@ -158,6 +164,7 @@ class SegmentationStep:
         ]
         self.keep_share = 1.0  # 1 − the epoch's forget rate (co-teaching, Tri-Net)
         self._overlap: torch.Tensor | None = None  # adele: [2, K − 1] the epoch's sums so far
+        self._divergences: torch.Tensor | None = None  # dast: [n ≤ method.dast_queue] the last batches'
 
     def begin_epoch(self, epoch: int) -> None:
         """The forget rate of (0-based) ``epoch`` for the selection rules (:func:`forget_rate`).
@@ -221,6 +228,8 @@ class SegmentationStep:
 
     def __call__(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
         """One iteration; ``meta_weighting`` is False during warm-up (plain mean cost, no correction)."""
+        if self.method.rule == "dast":
+            return self._dast_step(batch, meta, meta_weighting)
         if self.peers:
             return self._selection_step(batch)
         logits = self._forward(batch.images)  # [V, C, h, w]
@@ -311,6 +320,64 @@ class SegmentationStep:
             "selected_share": selected,
             "train_dice_reference": self.reference_dice(probs, batch),
         }
+
+    def _dast_step(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
+        """DAST: both networks on the noisy labels of a batch ranked clean, on consistency if ranked noisy.
+
+        Yang et al., "Learning COVID-19 Pneumonia Lesion Segmentation from Imperfect Annotations via
+        Divergence-Aware Selective Training", IEEE JBHI 2022. The two networks' divergence on the batch
+        (:func:`~mlbseg.seg.selection.network_divergence`, averaged over the processes so that all rank
+        alike) joins the FIFO queue of the last ``method.dast_queue`` batches' and is ranked against them
+        (:func:`~mlbseg.seg.selection.ranked_noisy`, top ``method.dast_noisy_share``). A batch ranked clean
+        trains each network on its mean cost of the labels; a batch ranked noisy trains each only on
+        ``method.dast_consistency_weight`` × the mean KL(peer ‖ own) of the class probabilities, the peer's
+        detached. During warm-up (``meta_weighting`` False) every batch counts as clean (the queue still
+        fills). Then the first network steps on the clean meta batch, the paper's clean data. The choice
+        is a tensor (``torch.where``), so a step has no host sync.
+        """
+        forwards = (self.forward_model, self.peer_forward_models[0])
+        logits = [self._forward(batch.images, forward) for forward in forwards]  # each [V, C, h, w]
+        log_probs = [class_log_probabilities(net_logits) for net_logits in logits]  # each [V, K, h, w]
+        divergence = network_divergence(log_probs[0].detach(), log_probs[1].detach())
+        self.dist.average([divergence])
+        noisy = self._rank_divergence(divergence) & meta_weighting
+        weight = self.method.dast_consistency_weight
+        losses = []
+        for own, peer in ((0, 1), (1, 0)):
+            label_loss = self.labels.costs(logits[own], batch.labels).mean()
+            consistency = weight * kl_divergence_map(log_probs[peer].detach(), log_probs[own]).mean()
+            losses.append(torch.where(noisy, consistency, label_loss))
+        self._apply(losses[0])
+        self._apply(losses[1], self.peers[0])
+        probs = self.labels.probabilities(logits[0].detach())
+        return {
+            "loss": losses[0].detach(),
+            "divergence": divergence,
+            "noisy_batch": noisy.float(),
+            "train_dice_reference": self.reference_dice(probs, batch),
+            "meta_loss": self._meta_step(meta),
+        }
+
+    def _rank_divergence(self, divergence: torch.Tensor) -> torch.Tensor:
+        """Push ``divergence`` into the FIFO queue (the last ``method.dast_queue`` kept), then rank it."""
+        scores = (
+            divergence[None]
+            if self._divergences is None
+            else torch.cat([self._divergences, divergence[None]])
+        )
+        self._divergences = scores[-self.method.dast_queue :]
+        return ranked_noisy(self._divergences, self.method.dast_noisy_share)
+
+    def dast_state_dict(self) -> dict[str, torch.Tensor | None]:
+        """``dast``'s queue: ``divergences`` [n] float32 on the CPU, oldest first (None before a step)."""
+        queue = self._divergences
+        return {"divergences": None if queue is None else queue.cpu().clone()}
+
+    def load_dast_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        """Continue from :meth:`dast_state_dict` (the queue on the first network's device)."""
+        queue = state["divergences"]
+        device = next(self.model.parameters()).device
+        self._divergences = None if queue is None else queue.to(device)
 
     def reference_dice(self, probs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Batch Dice of the hard prediction against the clean reference, mean over the foreground classes.

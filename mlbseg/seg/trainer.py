@@ -28,7 +28,8 @@ on stderr.
 
 ``adele`` (:class:`EarlyLearningCorrection`) keeps each foreground class's training-IoU curve, its turning
 point and the corrected label maps of the train slices, which the steps then train on; all three are in
-``last.pt`` (``correction``) and resume bit for bit.
+``last.pt`` (``correction``) and resume bit for bit. ``dast``'s queue of the last batches' divergences
+is in ``last.pt`` (``dast``) too (:meth:`mlbseg.seg.step.SegmentationStep.dast_state_dict`).
 """
 
 from __future__ import annotations
@@ -277,6 +278,7 @@ class SegmentationRun:
 
         ``peers`` holds each further network's ``model`` and ``optimizer`` state ([] for one network);
         ``correction`` ``adele``'s curves, turning points and corrected labels (None for other methods);
+        ``dast`` ``dast``'s divergence queue (None for other methods);
         ``best`` holds the epoch, its ``val_dice``, model and teacher (None unless ``train.select:
         best_val``); ``data`` is for ``predict``.
 
@@ -295,6 +297,7 @@ class SegmentationRun:
                 for peer in self.peers
             ],
             "correction": self.correction.state_dict() if self.correction is not None else None,
+            "dast": step.dast_state_dict() if self.cfg.method.rule == "dast" else None,
             "best": self.best,
             "data": self.data_record,
         }
@@ -319,6 +322,8 @@ class SegmentationRun:
             peer.optimizer.load_state_dict(saved["optimizer"])
         if self.correction is not None:
             self.correction.load_state_dict(state["correction"])
+        if self.cfg.method.rule == "dast":
+            step.load_dast_state_dict(state["dast"])
         self.best = state.get("best")
         if self.dist.enabled:
             self.stream_generator.set_state(state["stream_generator"])

@@ -48,6 +48,7 @@ DEFAULTS = {
     "trinet": (0.0, False),
     "clslsr": (0.0, False),
     "adele": (0.0, False),
+    "dast": (0.0, False),
 }
 
 
