@@ -24,14 +24,12 @@ from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.step import SegmentationStep
 from mlbseg.seg.trainer import TASK, SegmentationRun
 
-from ._prepared import MODEL, write_prepared
+from ._prepared import write_prepared
+from ._runs import SMALL_MODEL
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
 SHIPPED = Path(__file__).parents[3] / "mlbseg" / "configs" / "seg"
-SMALL_MODEL = [
-    f"model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in MODEL.items()
-]
 # method -> (consistency weight, EMA teacher) when the config leaves both null
 DEFAULTS = {
     "baseline": (0.0, False),

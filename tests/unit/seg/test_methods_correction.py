@@ -7,7 +7,6 @@ hand-made IoU history makes the turning point fall in the epoch the test trains.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,6 @@ import torch
 import torch._inductor.config  # imported while collecting, as in test_trainer.py
 from torch import nn
 
-from mlbseg.config import load_config
-from mlbseg.engine.distributed import SINGLE
-from mlbseg.engine.seeding import seed_everything
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.inference import predict_probabilities
@@ -31,16 +26,13 @@ from mlbseg.seg.selection import (
     fit_early_learning_curve,
 )
 from mlbseg.seg.step import Batch, SegmentationStep
-from mlbseg.seg.trainer import TASK, SegmentationRun
+from mlbseg.seg.trainer import SegmentationRun
 
-from ._prepared import MODEL, write_prepared
+from ._prepared import write_prepared
+from ._runs import build, config, through_torch_save
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
-SMOKE = Path(__file__).parents[3] / "mlbseg" / "configs" / "seg" / "smoke.yaml"
-SMALL_MODEL = [
-    f"model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in MODEL.items()
-]
 EPOCHS = np.arange(1, 21, dtype=np.float64)
 
 
@@ -184,11 +176,7 @@ ADELE = ("method.name=adele", "method.adele_confidence=0.5")  # 0.5: every confi
 
 
 def _build(prepared: Path, tmp_path: Path) -> SegmentationRun:
-    sets = [f"data.prepared={prepared}", "train.device=cpu", *SMALL_MODEL, *ADELE]
-    cfg = load_config(SegConfig, SMOKE, sets)
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    run = TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
+    run = build(config(prepared, *ADELE), tmp_path)
     # a hand-made history of two saturated epochs: the fit turns in the epoch the test trains
     run.correction.curves = [[0.6, 0.6]]
     return run
@@ -201,20 +189,13 @@ def _epoch(run: SegmentationRun, epoch: int) -> dict[str, float]:
     return run.end_epoch()
 
 
-def _through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
 def test_an_adele_run_corrects_its_train_labels_after_the_turning_point_and_resumes_bit_for_bit(
     prepared, tmp_path
 ):
     straight = _build(prepared, tmp_path)
     assert straight.correction is not None
     given = straight.train_set.labels.clone()
-    assert _through_torch_save(straight.state_dict())["correction"]["labels"] is None  # nothing turned
+    assert through_torch_save(straight.state_dict())["correction"]["labels"] is None  # nothing turned
 
     metrics = _epoch(straight, 2)
     assert straight.correction.turning_epochs == [3]
@@ -238,7 +219,7 @@ def test_an_adele_run_corrects_its_train_labels_after_the_turning_point_and_resu
         "model": first.model.state_dict(),
         "optimizer": first.optimizer.state_dict(),
     }
-    state = _through_torch_save(state)
+    state = through_torch_save(state)
     assert state["correction"]["turning_epochs"] == [3]
     assert state["correction"]["labels"].dtype == torch.uint8
 

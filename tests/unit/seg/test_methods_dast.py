@@ -8,7 +8,6 @@ exactly −0.1 × the gradient of the loss it should have trained on; the run on
 from __future__ import annotations
 
 import copy
-import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,6 @@ import torch
 import torch._inductor.config  # imported while collecting, as in test_trainer.py
 from torch import nn
 
-from mlbseg.config import load_config
-from mlbseg.engine.distributed import SINGLE
-from mlbseg.engine.seeding import seed_everything
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.selection import (
@@ -31,16 +26,13 @@ from mlbseg.seg.selection import (
     ranked_noisy,
 )
 from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
-from mlbseg.seg.trainer import TASK, SegmentationRun
+from mlbseg.seg.trainer import SegmentationRun
 
-from ._prepared import MODEL, write_prepared
+from ._prepared import write_prepared
+from ._runs import build, config, through_torch_save
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
-SMOKE = Path(__file__).parents[3] / "mlbseg" / "configs" / "seg" / "smoke.yaml"
-SMALL_MODEL = [
-    f"model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in MODEL.items()
-]
 LR = 0.1
 
 
@@ -204,18 +196,7 @@ DAST = ("method.name=dast", "method.dast_queue=3", "method.dast_noisy_share=0.9"
 
 
 def _build(prepared: Path, tmp_path: Path) -> SegmentationRun:
-    sets = [f"data.prepared={prepared}", "train.device=cpu", *SMALL_MODEL, *DAST]
-    cfg = load_config(SegConfig, SMOKE, sets)
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    return TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
-
-
-def _through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return build(config(prepared, *DAST), tmp_path)
 
 
 def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_path):
@@ -239,7 +220,7 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
         "model": first.model.state_dict(),
         "optimizer": first.optimizer.state_dict(),
     }
-    state = _through_torch_save(state)
+    state = through_torch_save(state)
     assert len(state["dast"]["divergences"]) == 1
 
     resumed = _build(prepared, tmp_path)

@@ -7,7 +7,6 @@ gradients, saved in the checkpoints.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,24 +17,17 @@ import torch._inductor.config  # imported while collecting, as in test_trainer.p
 import torch.nn.functional as F
 from torch import nn
 
-from mlbseg.config import load_config
 from mlbseg.engine.distributed import SINGLE, Distributed
-from mlbseg.engine.seeding import seed_everything
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.losses import gce_loss, mae_loss, nr_dice_loss, t_loss
 from mlbseg.seg.step import Batch, SegmentationStep, robust_loss_for
-from mlbseg.seg.trainer import TASK, SegmentationRun
+from mlbseg.seg.trainer import SegmentationRun
 
-from ._prepared import MODEL, write_prepared
+from ._prepared import write_prepared
+from ._runs import build, config, through_torch_save
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
-
-SMOKE = Path(__file__).parents[3] / "mlbseg" / "configs" / "seg" / "smoke.yaml"
-SMALL_MODEL = [
-    f"model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in MODEL.items()
-]
 
 
 def _step(method: MethodConfig, classes: int, *, dist: Distributed = SINGLE) -> SegmentationStep:
@@ -165,18 +157,7 @@ def prepared(tmp_path_factory):
 
 
 def _build(prepared: Path, tmp_path: Path, *overrides: str) -> SegmentationRun:
-    sets = [f"data.prepared={prepared}", "train.device=cpu", "method.name=tloss", *SMALL_MODEL, *overrides]
-    cfg = load_config(SegConfig, SMOKE, sets)
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    return TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
-
-
-def _through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return build(config(prepared, "method.name=tloss", *overrides), tmp_path)
 
 
 def test_a_tloss_run_steps_nu_with_its_optimizer_and_resumes_bit_for_bit(prepared, tmp_path):
@@ -200,7 +181,7 @@ def test_a_tloss_run_steps_nu_with_its_optimizer_and_resumes_bit_for_bit(prepare
         "model": first.model.state_dict(),
         "optimizer": first.optimizer.state_dict(),
     }
-    state = _through_torch_save(state)
+    state = through_torch_save(state)
     assert set(state["robust_loss"]) == {"log_nu"}
 
     resumed = _build(prepared, tmp_path, "method.tloss_nu=3.0")

@@ -7,7 +7,6 @@ that a network's update is exactly −0.1 × the gradient of the loss it should 
 
 from __future__ import annotations
 
-import io
 import itertools
 from pathlib import Path
 
@@ -16,10 +15,6 @@ import torch
 import torch._inductor.config  # imported while collecting, as in test_trainer.py
 from torch import nn
 
-from mlbseg.config import load_config
-from mlbseg.engine.distributed import SINGLE
-from mlbseg.engine.seeding import seed_everything
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.losses import pixel_cross_entropy
@@ -33,16 +28,13 @@ from mlbseg.seg.selection import (
     trinet_masks,
 )
 from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
-from mlbseg.seg.trainer import TASK, SegmentationRun
+from mlbseg.seg.trainer import SegmentationRun
 
-from ._prepared import MODEL, write_prepared
+from ._prepared import write_prepared
+from ._runs import build, config, through_torch_save
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
-SMOKE = Path(__file__).parents[3] / "mlbseg" / "configs" / "seg" / "smoke.yaml"
-SMALL_MODEL = [
-    f"model.{key}={list(value) if isinstance(value, tuple) else value}" for key, value in MODEL.items()
-]
 LR = 0.1
 
 
@@ -278,18 +270,7 @@ def prepared(tmp_path_factory):
 
 
 def _build(prepared: Path, tmp_path: Path, *overrides: str) -> SegmentationRun:
-    sets = [f"data.prepared={prepared}", "train.device=cpu", *SMALL_MODEL, *overrides]
-    cfg = load_config(SegConfig, SMOKE, sets)
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    return TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
-
-
-def _through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
+    return build(config(prepared, *overrides), tmp_path)
 
 
 def test_a_coteaching_run_has_a_peer_with_its_own_optimizer_and_resumes_bit_for_bit(prepared, tmp_path):
@@ -320,7 +301,7 @@ def test_a_coteaching_run_has_a_peer_with_its_own_optimizer_and_resumes_bit_for_
         "model": first.model.state_dict(),
         "optimizer": first.optimizer.state_dict(),
     }
-    state = _through_torch_save(state)
+    state = through_torch_save(state)
     assert len(state["peers"]) == 1
     assert set(state["peers"][0]) == {"model", "optimizer"}
 

@@ -7,7 +7,6 @@ on ``_prepared.ZONES``: train Case00 (reference and noisy levels), Case01 (refer
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
@@ -18,31 +17,21 @@ import torch._inductor.config  # imported while collecting, as in test_trainer.p
 import torch.nn.functional as F
 from torch import nn
 
-from mlbseg.config import load_config
 from mlbseg.engine.checkpoint import load_checkpoint
-from mlbseg.engine.distributed import SINGLE
-from mlbseg.engine.seeding import seed_everything
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import load_case, load_manifest
 from mlbseg.seg import trainer as seg_trainer
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, ViewsConfig
 from mlbseg.seg.data import data_record
 from mlbseg.seg.step import SegmentationStep
-from mlbseg.seg.trainer import TASK, SegmentationRun
+from mlbseg.seg.trainer import TASK
 
-from ._prepared import MODEL, SIZE, ZONES, ZONES_SPLITS, num_slices, write_prepared
+from . import _runs as runs
+from ._prepared import SIZE, ZONES, ZONES_SPLITS, num_slices, write_prepared
+from ._runs import build, through_torch_save
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
-ROOT = Path(__file__).parents[3]
-SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
-SMALL_MODEL = [
-    f"model.arch={MODEL['arch']}",
-    f"model.encoder={MODEL['encoder']}",
-    f"model.encoder_depth={MODEL['encoder_depth']}",
-    f"model.decoder_channels={list(MODEL['decoder_channels'])}",
-]
 K, CHANNELS = ZONES["num_labels"], ZONES["channels"]
 
 
@@ -55,15 +44,7 @@ def zones(tmp_path_factory):
 
 def config(prepared: Path, *overrides: str) -> SegConfig:
     """The smoke config (MLB-Seg with consistency and EMA) on ``prepared``, noise L2, small model, CPU."""
-    sets = [f"data.prepared={prepared}", "data.noise=L2", "train.device=cpu", *SMALL_MODEL, *overrides]
-    return load_config(SegConfig, SMOKE, sets)
-
-
-def build(cfg: SegConfig, tmp_path: Path) -> SegmentationRun:
-    """What the engine does: check, seed, build (deterministic kernels, one process, CPU)."""
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    return TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
+    return runs.config(prepared, "data.noise=L2", *overrides)
 
 
 # ------------------------------------------------------------------------------------- every method
@@ -225,13 +206,6 @@ def test_the_config_check_refuses_a_noise_name_that_cannot_be_an_annotation(zone
 # ----------------------------------------------------------------------------------------- checkpoints
 
 
-def _through_torch_save(state: dict) -> dict:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
 def test_a_three_label_run_resumes_bit_for_bit_also_from_a_checkpoint_without_data(zones, tmp_path):
     cfg = config(zones, "data.noise=rater2")
     straight = build(cfg, tmp_path)
@@ -247,7 +221,7 @@ def test_a_three_label_run_resumes_bit_for_bit_also_from_a_checkpoint_without_da
         "model": first.model.state_dict(),
         "optimizer": first.optimizer.state_dict(),
     }
-    state = _through_torch_save(state)
+    state = through_torch_save(state)
     assert state["data"] == data_record(load_manifest(zones))
     del state["data"]  # as written before checkpoints held it
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,37 +17,25 @@ import torch
 import torch._inductor.config
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlbseg.config import load_config
 from mlbseg.engine.checkpoint import load_checkpoint
-from mlbseg.engine.distributed import SINGLE
-from mlbseg.engine.seeding import seed_everything
 from mlbseg.engine.streams import IndexStream, MixedIndexStream
-from mlbseg.engine.trainer import Runtime
 from mlbseg.errors import UserError
 from mlbseg.prep.manifest import load_manifest
 from mlbseg.seg import data as seg_data
 from mlbseg.seg import trainer as seg_trainer
-from mlbseg.seg.config import SegConfig
 from mlbseg.seg.data import SliceSet, data_record
 from mlbseg.seg.inference import validation_dice
 from mlbseg.seg.step import SegmentationStep
 from mlbseg.seg.trainer import TASK, SegmentationRun, SegmentationTask, slice_stream
 
-from ._prepared import MODEL, SIZE, VAL, num_slices, write_prepared
+from ._prepared import SIZE, VAL, num_slices, write_prepared
+from ._runs import build, config
 
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
-ROOT = Path(__file__).parents[3]
-SMOKE = ROOT / "mlbseg" / "configs" / "seg" / "smoke.yaml"
 TRAIN_SLICES = num_slices(0) + num_slices(1)  # Case00 and Case01
 # The train slices whose (noisy) label has foreground: every slice but each case's first.
 TRAIN_FOREGROUND = {1, 3, 4}
-SMALL_MODEL = [
-    f"model.arch={MODEL['arch']}",
-    f"model.encoder={MODEL['encoder']}",
-    f"model.encoder_depth={MODEL['encoder_depth']}",
-    f"model.decoder_channels={list(MODEL['decoder_channels'])}",
-]
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +43,6 @@ def prepared(tmp_path_factory):
     folder = tmp_path_factory.mktemp("seg_trainer") / "prepared"
     write_prepared(folder)
     return folder
-
-
-def config(prepared: Path, *overrides: str) -> SegConfig:
-    sets = [f"data.prepared={prepared}", "train.device=cpu", *SMALL_MODEL, *overrides]
-    return load_config(SegConfig, SMOKE, sets)
-
-
-def build(cfg: SegConfig, tmp_path: Path) -> SegmentationRun:
-    """What the engine does: check, seed, build (deterministic kernels, one process, CPU)."""
-    TASK.check_config(cfg)
-    seed_everything(cfg.train.seed, True)
-    return TASK.build(cfg, Runtime(torch.device("cpu"), SINGLE, None, tmp_path / "run"))
 
 
 @pytest.fixture
