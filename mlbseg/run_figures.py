@@ -14,15 +14,13 @@ from pathlib import Path
 
 from mlbseg.engine.seeding import resolve_device
 from mlbseg.errors import UserError
-from mlbseg.evaluation.metrics import labels_from_probabilities
-from mlbseg.evaluation.resample import probabilities_to_original
 from mlbseg.figures import check_figure_path, save_figure
 from mlbseg.figures.overlay import default_slices, draw_method_overlays, overlay_figure
 from mlbseg.prep.manifest import label_names, load_manifest
 from mlbseg.seg.config import METHODS
 from mlbseg.seg.data import load_volumes, split_cases
 from mlbseg.seg.evaluate import load_trained_model
-from mlbseg.seg.inference import predict_probabilities
+from mlbseg.seg.inference import image_at_original_resolution, labels_at_original_resolution
 from mlbseg.seg.predict import case_layers, load_predictor
 
 SUMMARY = "summary.json"
@@ -80,14 +78,12 @@ def write_method_overlays(
         raise UserError(
             f"--slices: {list(shown)} out of range for {chosen} (0..{len(volume.mask_original) - 1})"
         )
-    original = volume.mask_original.shape[1:]
     methods = [cfg.method.name for cfg, _, _ in runs]
     rows = list(names) or (methods if len(set(methods)) == len(methods) else [path.name for path in run_dirs])
     predictions = {}
     for row, (_, model, _) in zip(rows, runs, strict=True):
-        probs = probabilities_to_original(predict_probabilities(model, volume.images).cpu(), original)
-        predictions[row] = labels_from_probabilities(probs).numpy()
-    image = probabilities_to_original(volume.images[:, :1].cpu(), original)[:, 0].numpy()
+        predictions[row] = labels_at_original_resolution(model, volume)
+    image = image_at_original_resolution(volume)
     classes = label_names(load_manifest(folder))[1:]
     figure = draw_method_overlays(
         image,

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mlbseg.evaluation.metrics import mean_class_dice, volume_labels
+from mlbseg.evaluation.resample import probabilities_to_original
 from mlbseg.seg.data import Volume
 
 
@@ -62,3 +63,22 @@ def validation_dice(
         labels = volume_labels(probs, volume.mask_original.shape[1:]).cpu()  # [S, H, W]
         scores.append(mean_class_dice(labels, volume.mask_original, probs.shape[1]))
     return float(np.mean(scores))
+
+
+def labels_at_original_resolution(
+    model: torch.nn.Module, volume: Volume, amp_dtype: torch.dtype | None = None
+) -> np.ndarray:
+    """The predicted label values [S, H, W] of ``volume`` on its original grid, exactly as ``evaluate``.
+
+    Probabilities on the prepared grid (eval mode), then :func:`mlbseg.evaluation.metrics.volume_labels`
+    (resized back per channel, thresholded or argmax-ed): docs/evaluation.md §1.
+    """
+    probs = predict_probabilities(model, volume.images, amp_dtype=amp_dtype)
+    return volume_labels(probs, volume.mask_original.shape[1:]).cpu().numpy()
+
+
+def image_at_original_resolution(volume: Volume) -> np.ndarray:
+    """The first image channel [S, H, W] of ``volume`` resized back to its original grid (for display)."""
+    return probabilities_to_original(volume.images[:, :1].float().cpu(), volume.mask_original.shape[1:])[
+        :, 0
+    ].numpy()

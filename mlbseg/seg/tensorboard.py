@@ -13,11 +13,9 @@ from collections.abc import Sequence
 import torch
 from matplotlib.figure import Figure
 
-from mlbseg.evaluation.metrics import labels_from_probabilities
-from mlbseg.evaluation.resample import probabilities_to_original
 from mlbseg.figures.overlay import default_slices, draw_overlay
 from mlbseg.seg.data import Volume
-from mlbseg.seg.inference import predict_probabilities
+from mlbseg.seg.inference import image_at_original_resolution, labels_at_original_resolution
 
 
 def overlay_of_volume(
@@ -35,10 +33,8 @@ def overlay_of_volume(
         class_names: The foreground labels' names (one for binary data).
         amp_dtype: The run's autocast dtype for the forward, or None.
     """
-    original = volume.mask_original.shape[1:]
-    probs = predict_probabilities(model, volume.images, amp_dtype=amp_dtype)
-    prediction = labels_from_probabilities(probabilities_to_original(probs.float().cpu(), original)).numpy()
-    image = probabilities_to_original(volume.images[:, :1].float().cpu(), original)[:, 0].numpy()
+    prediction = labels_at_original_resolution(model, volume, amp_dtype)
+    image = image_at_original_resolution(volume)
     slices = default_slices(volume.mask_original > 0)
     titles = [f"{volume.case_id} slice {k}" for k in slices]
     names = list(class_names) if len(class_names) > 1 else None
