@@ -194,7 +194,8 @@ def distributed_session(device: torch.device) -> Iterator[Distributed]:
 
     Initialises the default process group (NCCL for CUDA, gloo for the CPU) unless one exists already
     (then it is used and left alone), pins this process to ``cuda:LOCAL_RANK``, and destroys the group it
-    created on exit.
+    created on exit, after a barrier when the run ended normally (a gloo peer whose partner has already
+    torn its connections down can abort at exit).
 
     Args:
         device: The run's device (``train.device`` resolved); its type chooses the backend.
@@ -221,6 +222,8 @@ def distributed_session(device: torch.device) -> Iterator[Distributed]:
         dist.init_process_group(backend, device_id=context.place(device) if cuda else None)
     try:
         yield context
+        if created:  # every process reaches the end before any tears the group down
+            dist.barrier()
     finally:
         if created:
             dist.destroy_process_group()
