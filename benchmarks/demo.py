@@ -1,12 +1,13 @@
 """Wall time of `mlbseg demo` and what it spends it on, from one fresh run.
 
 Runs the demo as shipped into a new folder (a temporary one unless ``--out``), then reads each run's
-``metrics.csv`` (seconds per epoch): seconds per step of the baseline, of MLB-Seg's warm-up epochs
-(noisy-label BCE plus the clean meta-batch step, no views) and of its meta-weighted epochs (five views,
-α/β from the meta engine), all measured in the same process, so their ratios hold on a shared machine.
-Writes the section "demo" of docs/performance.md (with the demo's Dice table) and prints one JSON line.
+``metrics.csv`` (seconds per epoch, its validation included): seconds per step of the baseline, of the
+warm-up epochs of views_meta and MLB-Seg (noisy-label BCE plus the clean meta-batch step, no views) and of
+their epochs after it (five views, consistency, EMA teacher, the meta-batch step; MLB-Seg also α/β from
+the meta engine), all measured in the same process, so their ratios hold on a shared machine. Writes the
+section "demo" of docs/performance.md (with the demo's Dice table) and prints one JSON line.
 
-    python benchmarks/demo.py                  # seed 0: about 8 minutes on 2 cores
+    python benchmarks/demo.py                  # seed 0: about 9 minutes on 2 cores
     python benchmarks/demo.py --seeds 0..2 --out demo   # keep the folder (`mlbseg demo` continues it)
 """
 
@@ -22,18 +23,18 @@ from pathlib import Path
 from _report import print_json, update_section
 
 from mlbseg.config import load_config
-from mlbseg.demo import DEMO_CONFIG, METHODS, NOISE, run_demo
+from mlbseg.demo import DEMO_CONFIG, METHODS, NOISE, DemoData, run_demo
 from mlbseg.repeat import parse_seeds
 from mlbseg.seg.config import SegConfig
 
 
-def step_seconds(run_dir: Path, steps_per_epoch: int) -> dict[str, float]:
-    """Seconds per step of the run's plain epochs and of its meta-weighted ones (those logging α)."""
+def step_seconds(run_dir: Path, steps_per_epoch: int, warmup_epochs: int) -> dict[str, float]:
+    """Seconds per step of the first ``warmup_epochs`` epochs (``warmup``) and of the rest (``main``)."""
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    groups: dict[str, list[float]] = {"plain": [], "meta": []}
+    groups: dict[str, list[float]] = {"warmup": [], "main": []}
     for row in rows:
-        groups["meta" if row.get("alpha_mean") else "plain"].append(float(row["seconds"]))
+        groups["warmup" if int(row["epoch"]) <= warmup_epochs else "main"].append(float(row["seconds"]))
     return {name: sum(values) / (len(values) * steps_per_epoch) for name, values in groups.items() if values}
 
 
@@ -53,40 +54,53 @@ def main() -> None:
         wall = time.perf_counter() - started
         per_step = {
             method: [
-                step_seconds(out / f"{method}-{NOISE}-seed{seed}", cfg.train.steps_per_epoch)
+                step_seconds(
+                    out / f"{method}-{NOISE}-seed{seed}",
+                    cfg.train.steps_per_epoch,
+                    0 if method == "baseline" else cfg.method.warmup_epochs,
+                )
                 for seed in seeds
             ]
             for method in METHODS
         }
-    baseline = statistics.median(run["plain"] for run in per_step["baseline"])
-    warmup = statistics.median(run["plain"] for run in per_step["mlbseg"])
-    meta = statistics.median(run["meta"] for run in per_step["mlbseg"])
+    seconds = {
+        (method, phase): statistics.median(run[phase] for run in runs)
+        for method, runs in per_step.items()
+        for phase in runs[0]
+    }
+    baseline = seconds["baseline", "main"]
     record = {
         "seeds": seeds,
         "wall_s": round(wall, 1),
         "wall_s_per_seed": round(wall / len(seeds), 1),
-        "baseline_s_per_step": round(baseline, 3),
-        "mlbseg_warmup_s_per_step": round(warmup, 3),
-        "mlbseg_meta_s_per_step": round(meta, 3),
+        "s_per_step": {f"{method}_{phase}": round(value, 3) for (method, phase), value in seconds.items()},
         "rows": result.rows,
     }
     print_json(record)
+    steps = {
+        ("baseline", "main"): f"baseline (mean BCE, batch {cfg.train.batch_size})",
+        ("views_meta", "warmup"): "views_meta warm-up (BCE + clean meta-batch step)",
+        ("views_meta", "main"): "views_meta (5 views, uniform weights, consistency, EMA, meta-batch step)",
+        ("mlbseg", "warmup"): "MLB-Seg warm-up (BCE + clean meta-batch step)",
+        ("mlbseg", "main"): "MLB-Seg (5 views, α/β, consistency, EMA, meta-batch step)",
+    }
     lines = [
-        f"`mlbseg demo --seeds {args.seeds}` as shipped, in a fresh folder: 24 phantoms prepared at 64², "
-        f"{cfg.train.epochs} epochs × {cfg.train.steps_per_epoch} steps of batch {cfg.train.batch_size} per "
-        f"run (MLB-Seg: {cfg.method.warmup_epochs} of them warm-up), evaluation, figures.",
+        f"`mlbseg demo --seeds {args.seeds}` as shipped, in a fresh folder: 24 phantoms prepared at "
+        f"{DemoData().size}², {cfg.train.epochs} epochs × {cfg.train.steps_per_epoch} steps of batch "
+        f"{cfg.train.batch_size} per run (views_meta and MLB-Seg: {cfg.method.warmup_epochs} of them "
+        "warm-up), evaluation, figures, tables. Seconds per step include each epoch's meta-case validation.",
         "",
         f"Wall time: {wall / 60:.1f} min for {len(seeds)} seed(s), {wall / 60 / len(seeds):.1f} min each.",
         "",
         "| step | s / step | × baseline step |",
         "|---|---|---|",
-        f"| baseline (mean BCE, batch {cfg.train.batch_size}) | {baseline:.3f} | 1.00 |",
-        f"| MLB-Seg warm-up (BCE + clean meta-batch step) | {warmup:.3f} | {warmup / baseline:.2f} |",
-        f"| MLB-Seg meta-weighted (5 views, α/β, meta-batch step) | {meta:.3f} | {meta / baseline:.2f} |",
-        "",
-        "| method | test Dice (%) | HD95 (mm) |",
-        "|---|---|---|",
     ]
+    lines += [
+        f"| {text} | {seconds[key]:.3f} | {seconds[key] / baseline:.2f} |"
+        for key, text in steps.items()
+        if key in seconds
+    ]
+    lines += ["", "| method | test Dice (%) | HD95 (mm) |", "|---|---|---|"]
     for row in result.rows:
         std = f" ± {row['dice_std']:.2f}" if row["dice_std"] is not None else ""
         hd_std = f" ± {row['hd95_std']:.2f}" if row["hd95_std"] is not None else ""

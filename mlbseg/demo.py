@@ -1,15 +1,19 @@
 """``mlbseg demo``: the whole path on built-in phantoms in one command (README "Results").
 
-synth → prepare → train the baseline and MLB-Seg at L1 → evaluate → figures → the Dice table, all in
-``OUT``::
+synth → prepare → train the baseline, the ``views_meta`` control and MLB-Seg at L1 → evaluate → figures →
+the Dice table and the paired statistics, all in ``OUT``::
 
     OUT/demo.json                 the demo's data options (a rerun must match them)
     OUT/raw/                      phantoms, PROMISE12 layout (``mlbseg synth``)
     OUT/split.yaml, OUT/prepared/ the case split and the prepared dataset (``mlbseg prepare``)
     OUT/<method>-L1-seed<k>/      one run folder per method and seed (``mlbseg train`` + ``evaluate``)
-    OUT/figures/                  overlay_<method>.png (Figure 5), weights.png (α/β), curves.png
+    OUT/figures/                  overlay_<method>.png (Figure 5), methods.png (a test case, one row per
+                                  method), compare_dice.png (per-case Dice), weights.png (α/β), curves.png
     OUT/table.{md,csv,json}       Dice and HD95, mean ± std over the seeds, in ``mlbseg repeat``'s format
+    OUT/cases.csv, OUT/stats.*    per-case results; MLB-Seg against the baseline and against views_meta
 
+``views_meta`` has MLB-Seg's five views, consistency, EMA teacher and clean meta-batch step with uniform
+weights, so MLB-Seg minus ``views_meta`` is the meta-weighting's own share (docs/evaluation.md §4).
 The training settings are ``mlbseg/demo.yaml`` (each run folder keeps its resolved ``config.yaml``);
 ``overrides`` (``--set``) change them for every run. Each stage skips what an earlier call completed:
 folders and files are written atomically, finished runs are reused and interrupted ones resume from their
@@ -18,7 +22,7 @@ last epoch, so an interrupted demo (SIGINT/SIGTERM stop the stage in progress) c
 while the earlier one waits in a hidden sibling: it is deleted once the new demo is complete and put back
 if the new one fails or is interrupted.
 
-The phantoms use a prostate-centred 90–110 mm field of view, so at 64×64 the gland is large enough for a
+The phantoms use a prostate-centred 90–110 mm field of view, so at 48×48 the gland is large enough for a
 short CPU run to learn it; everything else is the PROMISE12 path. ``zones`` (``mlbseg demo --zones``) is the
 three-class variant: phantoms with a peripheral and a transition zone as an nnU-Net v2 raw dataset with two
 channels (T2, ADC), prepared with both channels and the zones kept as classes, so the same path runs with
@@ -45,27 +49,29 @@ from rich.markup import escape
 from mlbseg.engine.atomic import write_text_atomic
 from mlbseg.engine.signals import RESTART, Interrupted
 from mlbseg.errors import UserError
+from mlbseg.figures.compare import compare_figure
 from mlbseg.figures.curves import curves_figure, read_metrics_csv
 from mlbseg.figures.weights import weight_map_figure
 from mlbseg.prep.prepare import prepare_dataset
 from mlbseg.prep.synth import case_ids, write_phantoms
 from mlbseg.repeat import plan
+from mlbseg.repeat.cases import write_case_results
 from mlbseg.repeat.table import FINISHED, SKIPPED, RunRecord, aggregate, rich_table, write_tables
 from mlbseg.repeat.tasks import get_task
-from mlbseg.run_figures import write_overlays
+from mlbseg.run_figures import repeat_case_values, write_method_overlays, write_overlays
 from mlbseg.seg.config import check_zoom_pads
 from mlbseg.seg.data import split_cases
 from mlbseg.seg.weight_maps import weight_map_rows
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
-METHODS = ("baseline", "mlbseg")
+METHODS = ("baseline", "views_meta", "mlbseg")
 NOISE = "L1"
 SETTINGS_NAME = "demo.json"
 CONTINUE_HINT = f"{RESTART} (finished stages are reused, an interrupted run resumes)"
 OWN_KEYS = {
     "data.prepared": "OUT/prepared",
     "data.noise": NOISE,
-    "method.name": "baseline and mlbseg",
+    "method.name": "baseline, views_meta and mlbseg",
     "train.seed": "use --seeds",
 }
 
@@ -75,7 +81,7 @@ class DemoData:
     """What the phantoms and the prepared dataset are made from (``OUT/demo.json``)."""
 
     cases: int = 24
-    size: int = 64  # prepared slice size
+    size: int = 48  # prepared slice size
     fov_mm: tuple[float, float] = (90.0, 110.0)
     in_plane: tuple[int, int] = (256, 320)
     seed: int = 0  # phantoms, split and noisy masks; the training seeds are separate
@@ -120,7 +126,7 @@ def run_demo(
 
     Args:
         out: The demo folder; created, continued, or (``overwrite``) replaced if it is a demo folder.
-        seeds: Training seeds; one baseline and one MLB-Seg run each.
+        seeds: Training seeds; one run of each of :data:`METHODS` each.
         data: Phantom and preparation options (default: :class:`DemoData`).
         overrides: ``--set key=value`` items for every run's config.
         overwrite: Start afresh; an earlier demo in ``out`` is replaced once the new one is complete.
@@ -174,10 +180,13 @@ def _run_stages(
         stage.begin(f"{spec.run_dir}: {_label(spec.method)}, train and evaluate")
         records.append(_train_and_evaluate(task, spec, console))
 
-    stage.begin(f"{out / 'figures'}: overlays, α/β maps, curves")
+    stage.begin(f"{out / 'figures'}: overlays, per-case Dice, α/β maps, curves; the table and statistics")
+    rows = _table(out, task, records)
     first = seeds[0]
     figures = _figures(out, {method: out / f"{method}-{NOISE}-seed{first}" for method in METHODS})
-    return _table(out, task, records, console), figures
+    console.print(rich_table(task, rows, _title(out, records)))
+    console.print(escape(f"paired statistics (MLB-Seg − baseline, MLB-Seg − views_meta): {out / 'stats.md'}"))
+    return rows, figures
 
 
 class _Stages:
@@ -192,7 +201,11 @@ class _Stages:
 
 
 def _label(method: str) -> str:
-    return {"baseline": "baseline (noisy labels)", "mlbseg": "MLB-Seg"}[method]
+    return {
+        "baseline": "baseline (noisy labels)",
+        "views_meta": "views_meta (MLB-Seg with uniform weights)",
+        "mlbseg": "MLB-Seg",
+    }[method]
 
 
 def _run_overrides(
@@ -344,28 +357,41 @@ def _train_and_evaluate(task: Any, spec: Any, console: Console) -> Any:
 
 
 def _figures(out: Path, runs: dict[str, Path]) -> list[Path]:
-    """Figure-5 overlays of both methods on one training case, MLB-Seg's α/β maps, both runs' curves."""
+    """The demo's figures from the first seed's runs (the per-case Dice from every seed's).
+
+    Figure-5 overlays of every method on one training case, the methods on the first test case at original
+    resolution, the per-case test Dice, MLB-Seg's α/β maps and the runs' curves.
+    """
     folder = out / "figures"
     case = split_cases(out / "prepared", "train")[0]
     paths = []
     for method, run_dir in runs.items():
         target = folder / f"overlay_{method}.png"
         paths += write_overlays(run_dir, cases=[case], slices=[], split="train", out=target, overwrite=True)
+    names = [_label(method) for method in runs]
+    paths.append(
+        write_method_overlays(list(runs.values()), folder / "methods.png", names=names, overwrite=True)
+    )
+    values = repeat_case_values(out, "dice")
+    paths.append(compare_figure(values, folder / "compare_dice.png", "dice", overwrite=True))
     rows = weight_map_rows(runs["mlbseg"], checkpoint="last", count=4, seed=0)
     paths.append(weight_map_figure(rows, folder / "weights.png", overwrite=True))
     metrics = {
         _label(method): [read_metrics_csv(run_dir / "metrics.csv")] for method, run_dir in runs.items()
     }
-    chosen = ["train_dice_reference", "meta_dice"]  # the losses of the two methods are not comparable
+    chosen = ["train_dice_reference", "meta_dice"]  # the methods' losses are not comparable
     paths.append(curves_figure(metrics, folder / "curves.png", chosen, overwrite=True))
     return paths
 
 
-def _table(out: Path, task: Any, records: list[Any], console: Console) -> list[dict[str, Any]]:
-    """Write ``OUT/table.{md,csv,json}`` in the repeat format and print the table."""
-    rows = aggregate(task, records)
+def _title(out: Path, records: list[Any]) -> str:
     seeds = sorted({record.seed for record in records})
-    title = f"mlbseg demo in {out}: {NOISE} noise, seeds {', '.join(map(str, seeds))}"
-    write_tables(out, task, rows=rows, records=records, title=title)
-    console.print(rich_table(task, rows, title))
+    return f"mlbseg demo in {out}: {NOISE} noise, seeds {', '.join(map(str, seeds))}"
+
+
+def _table(out: Path, task: Any, records: list[Any]) -> list[dict[str, Any]]:
+    """Write ``OUT/table.{md,csv,json}`` in the repeat format, ``cases.csv`` and ``stats.{md,json}``."""
+    rows = aggregate(task, records)
+    write_tables(out, task, rows=rows, records=records, title=_title(out, records))
+    write_case_results(out, records)
     return rows

@@ -83,7 +83,7 @@ def test_demo_writes_data_runs_figures_and_a_repeat_format_table(toy_demo):
     table = json.loads((out / "table.json").read_text())
     assert table["task"] == "seg"
     rows = {row["method"]: row for row in table["rows"]}
-    assert set(rows) == {"baseline", "mlbseg"}
+    assert set(rows) == {"baseline", "views_meta", "mlbseg"}
     for method, row in rows.items():
         assert (row["noise"], row["n"], row["failed"]) == ("L1", 2, 0)
         dices = []
@@ -94,11 +94,19 @@ def test_demo_writes_data_runs_figures_and_a_repeat_format_table(toy_demo):
         assert row["dice_mean"] == pytest.approx(np.mean(dices))
         assert row["dice_std"] == pytest.approx(np.std(dices, ddof=1))
     assert {run["status"] for run in table["runs"]} == {"finished"}
-    assert (out / "table.md").read_text().count("| L1 |") == 2
-    for name in ("overlay_baseline.png", "overlay_mlbseg.png", "weights.png", "curves.png"):
+    assert (out / "table.md").read_text().count("| L1 |") == 3
+    cases = (out / "cases.csv").read_text().splitlines()
+    assert len(cases) == 1 + 3 * 2 * 2  # header, (method, seed, test case)
+    stats = json.loads((out / "stats.json").read_text())["comparisons"]["dice"]
+    compared = {(c["method"], c["reference"]) for c in stats}
+    assert {("mlbseg", "baseline"), ("mlbseg", "views_meta"), ("views_meta", "baseline")} <= compared
+    assert all(c["pairs"] == 4 for c in stats)  # 2 seeds × 2 test cases
+    assert "against views_meta" in (out / "stats.md").read_text()
+    figures = ["weights.png", "curves.png", "methods.png", "compare_dice.png"]
+    for name in [f"overlay_{method}.png" for method in rows] + figures:
         with Image.open(out / "figures" / name) as image:
             assert min(image.size) > 200
-    assert "[7/7]" in output
+    assert "[9/9]" in output
     assert "demo finished" in output
 
 
@@ -116,7 +124,7 @@ def test_a_rerun_reuses_every_finished_stage(toy_demo):
     stamps = {path: path.stat().st_mtime_ns for path in out.glob("*/checkpoints/final.pt")}
     result = _demo(out, "--cases", 6, "--size", 32, "--seeds", "0..1")
     assert result.exit_code == 0, result.output
-    assert result.output.count("finished earlier") == 4
+    assert result.output.count("finished earlier") == 6
     assert {path: path.stat().st_mtime_ns for path in out.glob("*/checkpoints/final.pt")} == stamps
     assert {run["status"] for run in json.loads((out / "table.json").read_text())["runs"]} == {"skipped"}
 
@@ -255,7 +263,7 @@ def test_an_overwrite_replaces_the_earlier_demo_only_when_the_new_one_is_complet
 
 @pytest.mark.slow
 def test_the_demo_as_shipped_has_mlbseg_beat_the_baseline(tmp_path):
-    """The README's claim at seed 0, full demo settings (about 6 minutes on 2 cores)."""
+    """The README's claim at seed 0, full demo settings (about 9 minutes on 2 cores)."""
     out = tmp_path / "demo"
     result = _demo(out, toy=False)
     assert result.exit_code == 0, result.output
