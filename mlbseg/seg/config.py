@@ -15,6 +15,7 @@ from mlbseg.config import absolute_path, check_range, choice
 from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_sections
 from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
+from mlbseg.seg.consistency import PAIRINGS
 from mlbseg.seg.model import ARCHITECTURES, check_architecture_keys
 
 # The built-in training labels: the synthetic noisy levels and the clean reference (the upper bound).
@@ -148,6 +149,9 @@ class MethodConfig:
     meta_batch_size: int = 2  # clean meta slices per step and process (five views each when enabled)
     # Multi-view consistency weight; null = the method's default (1 for mlbseg and views_meta), 0 = off.
     consistency_weight: float | None = None
+    # Which views of a pair the consistency pulls: both (ours), or one_sided (the published code: the
+    # lower-indexed view toward the other, detached; docs/reference.md §7 item 44)
+    consistency_pairing: str = choice("both", PAIRINGS)
     warmup_epochs: int = 0  # epochs of plain mean BCE on the noisy labels before meta-weighting starts
     gce_q: float = 0.7  # GCE's q in (0, 1] (the paper's 0.7; q -> 0 is the cross-entropy)
     nr_dice_gamma: float = 1.5  # the noise-robust Dice loss's exponent in [1, 2] (the paper's 1.5)

@@ -450,8 +450,8 @@ class SegmentationStep:
         terms: list[Callable[[torch.Tensor], torch.Tensor]] = []
         weight, probabilities = self.method.consistency_weight, self.labels.probabilities
         if self.method.uses_consistency and batch.views is not None:
-            views = batch.views
-            terms.append(lambda logits: weight * multiview_consistency(probabilities(logits), views))
+            views, pairing = batch.views, self.method.consistency_pairing
+            terms.append(lambda logits: weight * multiview_consistency(probabilities(logits), views, pairing))
         if self.teacher is not None:
             teacher_probs = self._teacher_probs(batch.images)
             ema_weight = self.method.ema.weight

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 import torch
 
 from mlbseg.seg.consistency import multiview_consistency
@@ -76,3 +77,21 @@ def test_half_precision_input_gives_float32_loss():
     loss = multiview_consistency(_smooth_probs().repeat_interleave(5, 0).to(torch.bfloat16), params)
     assert loss.dtype == torch.float32
     assert torch.isfinite(loss)
+
+
+def test_one_sided_pairing_has_the_value_and_pulls_only_the_lower_indexed_view():
+    params = _params()
+    probs = torch.rand(10, 1, 32, 32, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    one_sided = multiview_consistency(probs, params, "one_sided")
+    torch.testing.assert_close(one_sided, multiview_consistency(probs.detach(), params))
+    (grad,) = torch.autograd.grad(one_sided, probs)
+    # The gradient of pair (i, j) reaches view i only, so the last view of each sample gets none.
+    per_view = grad.flatten(1).abs().sum(dim=1)  # [10]
+    assert per_view[[4, 9]].eq(0).all()
+    assert (per_view[[0, 1, 2, 3, 5, 6, 7, 8]] > 0).all()
+
+
+def test_an_unknown_pairing_is_refused():
+    params = _params()
+    with pytest.raises(ValueError, match="pairing 'sideways'"):
+        multiview_consistency(torch.rand(10, 1, 32, 32), params, "sideways")

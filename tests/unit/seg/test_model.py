@@ -240,6 +240,7 @@ def test_promise12_reference_config_states_the_published_protocol(tmp_path):
     assert method.views.zoom_pads == tuple(range(4, 31, 2))
     assert method.uses_consistency
     assert method.consistency_weight == 1.0
+    assert method.consistency_pairing == "one_sided"  # each pair pulls one side, the other detached
     assert method.uses_ema
     ema = method.ema
     assert (ema.decay, ema.noise_std, ema.weight) == (0.99, 0.02, 1.0)
