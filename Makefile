@@ -20,8 +20,8 @@ $(VENV)/.installed-test: $(BIN)/python pyproject.toml constraints.txt
 	@touch $@ $(VENV)/.installed
 
 DEMO ?= demo
-# Phantoms -> prepared data -> baseline and MLB-Seg at L1 -> evaluation, figures, table (about 7 min on
-# 2 cores). A rerun reuses what is finished; `rm -rf demo` or `mlbseg demo --overwrite` starts afresh.
+# Phantoms -> prepared data -> baseline, views_meta and MLB-Seg at L1 -> evaluation, figures, tables (about
+# 7 min on 2 cores). A rerun reuses what is finished; `rm -rf demo` or `mlbseg demo --overwrite` starts afresh.
 demo: $(VENV)/.installed
 	$(BIN)/mlbseg demo --out $(DEMO)
 

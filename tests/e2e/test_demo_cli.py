@@ -270,6 +270,7 @@ def test_the_demo_as_shipped_has_mlbseg_beat_the_baseline(tmp_path):
     rows = {row["method"]: row for row in json.loads((out / "table.json").read_text())["rows"]}
     assert rows["baseline"]["dice_mean"] > 30.0  # the baseline learns the gland, from noisy labels
     assert rows["mlbseg"]["dice_mean"] > rows["baseline"]["dice_mean"] + 3.0
+    assert rows["views_meta"]["dice_mean"] > rows["baseline"]["dice_mean"] + 3.0
 
 
 @pytest.mark.slow  # the default tier runs K = 3 end to end in the README's API doctest
