@@ -45,14 +45,16 @@ def resize_slices(stack: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """
     height, width = (size, size) if isinstance(size, int) else size
     num, rows_in, cols_in = stack.shape
-    rows = resampling_matrix(rows_in, height).astype(np.float32)  # [h, H]
-    cols = resampling_matrix(cols_in, width).astype(np.float32)  # [w, W]
-    # Two large GEMMs over all slices at once (3x faster than a broadcast matmul per slice).
-    wide = stack.astype(np.float32, copy=False).reshape(num * rows_in, cols_in) @ cols.T  # [S·H, w]
+    rows = resampling_matrix(rows_in, height)  # [h, H] float64
+    cols = resampling_matrix(cols_in, width)  # [w, W] float64
+    # Two large GEMMs over all slices at once (3x faster than a broadcast matmul per slice), in float64 and
+    # rounded to float32 once: BLAS sums in an order that depends on its thread count, and in float32
+    # that changed the last bit between `prepare --jobs 1` and worker processes.
+    wide = stack.astype(np.float64, copy=False).reshape(num * rows_in, cols_in) @ cols.T  # [S·H, w]
     tall = (
         wide.reshape(num, rows_in, width).transpose(0, 2, 1).reshape(num * width, rows_in) @ rows.T
     )  # [S·w, h]
-    return np.ascontiguousarray(tall.reshape(num, width, height).transpose(0, 2, 1))
+    return np.ascontiguousarray(tall.reshape(num, width, height).transpose(0, 2, 1), dtype=np.float32)
 
 
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
