@@ -7,7 +7,7 @@ their epochs after it (five views, consistency, EMA teacher, the meta-batch step
 the meta engine), all measured in the same process, so their ratios hold on a shared machine. Writes the
 section "demo" of docs/performance.md (with the demo's Dice table) and prints one JSON line.
 
-    python benchmarks/demo.py                  # seed 0: about 9 minutes on 2 cores
+    python benchmarks/demo.py                  # seed 0: about 7 minutes on 2 cores
     python benchmarks/demo.py --seeds 0..2 --out demo   # keep the folder (`mlbseg demo` continues it)
 """
 

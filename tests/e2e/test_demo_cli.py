@@ -263,7 +263,7 @@ def test_an_overwrite_replaces_the_earlier_demo_only_when_the_new_one_is_complet
 
 @pytest.mark.slow
 def test_the_demo_as_shipped_has_mlbseg_beat_the_baseline(tmp_path):
-    """The README's claim at seed 0, full demo settings (about 9 minutes on 2 cores)."""
+    """The README's claim at seed 0, full demo settings (about 7 minutes on 2 cores)."""
     out = tmp_path / "demo"
     result = _demo(out, toy=False)
     assert result.exit_code == 0, result.output
