@@ -6,8 +6,9 @@ one logit out) at 144×144, seeded alike, with the method's defaults: the five v
 the EMA teacher and the meta-batch step where the method has them, a robust loss (and the T-Loss's ν in
 the optimizer) for the robust-loss methods, the peer networks (each with its own optimizer) of
 co-teaching (2 networks) and Tri-Net (3), the confident-learning correction of clslsr, adele's per-class
-training-IoU counts (its label correction is a pass over the train slices once per epoch, outside the step,
-and not timed here). Batches as the
+training-IoU counts and its multi-scale consistency (forwards at ×0.7 and ×1.5, sides rounded to the model's
+size divisor; its label correction is a pass over the train slices once per epoch, outside the step, and not
+timed here). Batches as the
 paper: 1 training slice (five views where the method uses them) and 2 clean meta slices; SGD lr 0.005,
 momentum 0.9, weight decay 5e-4, clipping 0.2; the meta-weighted step (after warm-up), full precision.
 
@@ -34,7 +35,7 @@ from mlbseg.engine.config import OptimConfig
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import build_optimizer
 from mlbseg.seg.config import METHODS, DataConfig, MethodConfig, ModelConfig
-from mlbseg.seg.model import build_model
+from mlbseg.seg.model import build_model, size_divisor
 from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 
 SIZE, TRAIN_SLICES, META_SLICES = 144, 1, 2
@@ -64,6 +65,7 @@ def build_step(name: str, device: torch.device) -> SegmentationStep:
         teacher=EMATeacher(model, method.ema.decay) if method.uses_ema else None,
         robust_loss=robust_loss,
         peers=[PeerNetwork(peer, build_optimizer(peer, OPTIM)) for peer in peers],
+        size_divisor=size_divisor(MODEL),
     )
     step.begin_epoch(method.forget_ramp_epochs)  # the final forget rate
     return step

@@ -99,6 +99,21 @@ class Distributed:
         if self.enabled:
             average_across_processes(tensors, self.group)
 
+    def all_gather(self, tensor: Tensor) -> Tensor:
+        """Every process's ``tensor`` concatenated along dim 0 in rank order (one collective).
+
+        Args:
+            tensor: [n, ...], the same shape on every process.
+
+        Returns:
+            [world_size·n, ...] on every process (``tensor`` itself for one process).
+        """
+        if not self.enabled:
+            return tensor
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous(), group=self.group)
+        return torch.cat(parts)
+
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Average the ``.grad`` of every parameter that has one (the same set on every process).
 

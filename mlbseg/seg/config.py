@@ -16,7 +16,8 @@ from mlbseg.engine.config import OptimConfig, ScheduleConfig, check_shared_secti
 from mlbseg.errors import UserError
 from mlbseg.meta import resolve_normalizer_name
 from mlbseg.seg.consistency import PAIRINGS
-from mlbseg.seg.model import ARCHITECTURES, check_architecture_keys
+from mlbseg.seg.model import ARCHITECTURES, check_architecture_keys, size_divisor
+from mlbseg.seg.multiscale import rescaled_size
 
 # The built-in training labels: the synthetic noisy levels and the clean reference (the upper bound).
 NOISE_LEVELS = ("L1", "L2", "L3", "clean")
@@ -51,8 +52,8 @@ class MethodTraits:
 
 
 # The selection and correction rules (docs/method.md §5.3): several networks that select pixels for each
-# other, or one network that corrects its labels (clslsr per batch, adele in its stored label maps), or two
-# networks whose divergence ranks each batch as noisy or clean (dast).
+# other, or one network that corrects its labels (clslsr per batch, adele in its stored label maps), or a
+# clean and a noisy branch whose divergence-aware scores rank each sample's label (dast).
 SELECTION_RULES = ("coteaching", "trinet", "clslsr", "adele", "dast")
 
 # MLB-Seg's own parts (Wei et al., MICCAI 2023): the views, multi-view consistency (weight 1) and the EMA
@@ -78,7 +79,8 @@ METHODS: dict[str, MethodTraits] = {
     "trinet": MethodTraits(rule="trinet", networks=3),  # Zhang et al., MICCAI 2020
     "clslsr": MethodTraits(rule="clslsr"),  # Zhang et al., MICCAI 2020 (confident learning + SLSR)
     "adele": MethodTraits(rule="adele"),  # Liu et al., CVPR 2022 (adaptive early-learning correction)
-    # Yang et al., IEEE JBHI 2022 (divergence-aware selective training); the meta batch is its clean data
+    # Yang et al., IEEE JBHI 2022 (divergence-aware selective training); the meta batch is the clean data
+    # of its clean branch (the first network)
     "dast": MethodTraits(rule="dast", networks=2, meta_batch_step=True),
 }
 
@@ -166,12 +168,27 @@ class MethodConfig:
     adele_slope_drop: float = 0.9
     # ... after which its labels follow the model's predictions above this probability (the paper's 0.8)
     adele_confidence: float = 0.8
-    # dast: the FIFO queue of the last batches' divergences that ranks the current one (PyMIC's 20) ...
+    # adele's multi-scale consistency: the input scales besides 1 (the authors' SegTHOR code's 0.7, 1.5) ...
+    adele_scales: tuple[float, ...] = (0.7, 1.5)
+    # ... the weight λ of the consistency term, 0 = off (the authors' jsd_lambda default 1) ...
+    adele_consistency_weight: float = 1.0
+    # ... and the mixture confidence ρ from which a pixel counts (the authors' rho default 0.8)
+    adele_consistency_confidence: float = 0.8
+    # dast (docs/method.md §5.3; defaults are PyMIC 0.6.2's): the memory of the last samples' noisiness
+    # scores that ranks the current ones (PyMIC's 20, batches there) ...
     dast_queue: int = 20
-    # ... the top share of it taken as noisy (our default, not taken from the paper) ...
-    dast_noisy_share: float = 0.2
-    # ... and the weight of the two networks' consistency loss on the batches ranked noisy
-    dast_consistency_weight: float = 1.0
+    # ... its top share is severely noisy (consistency instead of labels), its bottom share slightly noisy
+    # (supplementary training of the clean branch); PyMIC's select ratio ...
+    dast_select_share: float = 0.2
+    # ... ξ in the scores' weight exp(−ξ·divergence) (PyMIC's 16) ...
+    dast_divergence_scale: float = 16.0
+    # ... the weights of the two branches' consistency and of the supplementary training (PyMIC's 0.1
+    # each), ramped up with exp(−5(1 − t)²) over dast_ramp_epochs (null: the whole run, as PyMIC) ...
+    dast_consistency_weight: float = 0.1
+    dast_supplementary_weight: float = 0.1
+    dast_ramp_epochs: int | None = None
+    # ... and the temperature that sharpens the refined labels (PyMIC's 0.5)
+    dast_temperature: float = 0.5
     views: ViewsConfig = field(default_factory=ViewsConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
 
@@ -208,6 +225,11 @@ class MethodConfig:
     def uses_consistency(self) -> bool:
         """Multi-view consistency (needs the views)."""
         return self.uses_views and self.consistency_weight > 0
+
+    @property
+    def uses_multiscale_consistency(self) -> bool:
+        """ADELE's multi-scale consistency: ``adele`` with ``adele_consistency_weight`` > 0."""
+        return self.rule == "adele" and self.adele_consistency_weight > 0
 
     @property
     def uses_ema(self) -> bool:
@@ -317,9 +339,18 @@ def check_config(cfg: SegConfig) -> None:
     check_range("method.clslsr_epsilon", method.clslsr_epsilon, 0.0, 1.0, strict="high")
     check_range("method.adele_slope_drop", method.adele_slope_drop, 0.0, 1.0, strict="both")
     check_range("method.adele_confidence", method.adele_confidence, 0.5, 1.0, strict="high")
+    _check_adele_scales(method.adele_scales)
+    check_range("method.adele_consistency_weight", method.adele_consistency_weight, 0.0)
+    check_range(
+        "method.adele_consistency_confidence", method.adele_consistency_confidence, 0.0, 1.0, strict="high"
+    )
     check_range("method.dast_queue", method.dast_queue, 1)
-    check_range("method.dast_noisy_share", method.dast_noisy_share, 0.0, 1.0, strict="high")
+    check_range("method.dast_select_share", method.dast_select_share, 0.0, 0.5)
+    check_range("method.dast_divergence_scale", method.dast_divergence_scale, 0.0)
     check_range("method.dast_consistency_weight", method.dast_consistency_weight, 0.0)
+    check_range("method.dast_supplementary_weight", method.dast_supplementary_weight, 0.0)
+    check_range("method.dast_ramp_epochs", method.dast_ramp_epochs, 0)
+    check_range("method.dast_temperature", method.dast_temperature, 0.0, 1.0, strict="low")
     check_range("method.ema.decay", method.ema.decay, 0.0, 1.0, strict="high")
     check_range("method.ema.noise_std", method.ema.noise_std, 0.0)
     check_range("method.ema.weight", method.ema.weight, 0.0)
@@ -336,6 +367,21 @@ def check_config(cfg: SegConfig) -> None:
         raise UserError(f"method.normalize: {err}") from None
 
 
+def _check_adele_scales(scales: tuple[float, ...]) -> None:
+    """UserError unless ``method.adele_scales`` has at least one scale, each above 0 and other than 1."""
+    if not scales:
+        raise UserError(
+            "method.adele_scales: needs at least one scale besides 1 "
+            "(method.adele_consistency_weight=0 turns the multi-scale term off)"
+        )
+    for scale in scales:
+        check_range("method.adele_scales", scale, 0.0, strict="low")
+        if scale == 1.0:
+            raise UserError(
+                f"method.adele_scales: scale 1 is always used, list only the others; got {list(scales)}"
+            )
+
+
 def check_zoom_pads(cfg: SegConfig, size: int) -> None:
     """UserError when the zoom pads of an MLB-Seg config do not fit ``size``×``size`` slices."""
     pads = set(cfg.method.views.zoom_pads)
@@ -344,3 +390,22 @@ def check_zoom_pads(cfg: SegConfig, size: int) -> None:
             f"method.views.zoom_pads: need at least two distinct pads, each below {size // 2} for "
             f"{size}×{size} slices; got {list(cfg.method.views.zoom_pads)}"
         )
+
+
+def check_adele_scales_fit(cfg: SegConfig, height: int, width: int) -> None:
+    """UserError when an ADELE scale would leave a step of one slice with a 1×1 bottleneck.
+
+    The rescaled sides are rounded to the network's size divisor, at least one
+    (:func:`~mlbseg.seg.multiscale.rescaled_size`); at one divisor on both sides the deepest features are
+    1×1, and BatchNorm cannot train on one value per channel (``train.batch_size`` 1).
+    """
+    if not cfg.method.uses_multiscale_consistency or cfg.train.batch_size > 1:
+        return
+    divisor = size_divisor(cfg.model)
+    for scale in cfg.method.adele_scales:
+        if rescaled_size(height, scale, divisor) == rescaled_size(width, scale, divisor) == divisor:
+            raise UserError(
+                f"method.adele_scales: ×{scale:g} makes the {height}×{width} slices {divisor}×{divisor}, "
+                "where the network's deepest features are 1×1 and BatchNorm cannot train on one slice; "
+                "use train.batch_size 2 or more, larger slices or larger scales"
+            )

@@ -51,6 +51,22 @@ def output_channels(num_labels: int) -> int:
     return 1 if num_labels == 2 else num_labels
 
 
+def size_divisor(cfg: ModelConfig) -> int:
+    """What the network's input height and width must be multiples of: its total downsampling.
+
+    2**encoder_depth for the smp architectures (which refuse other sizes), 2**(L − 1) for ``nested_unet``
+    with L = ``len(features)`` levels (the reference's constraint; ours pools any size down by flooring).
+
+    Example:
+        >>> from mlbseg.seg.config import ModelConfig
+        >>> size_divisor(ModelConfig()), size_divisor(ModelConfig(arch="nested_unet", features=(4, 8, 16)))
+        (16, 4)
+    """
+    if cfg.arch == "nested_unet":
+        return 2 ** (len(cfg.features or NESTED_UNET_FEATURES) - 1)
+    return 2**cfg.encoder_depth
+
+
 def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.Module:
     """Build a network that maps [N, in_channels, H, W] images to [N, classes, H, W] logits.
 

@@ -286,42 +286,114 @@ def kl_divergence_map(target_log_probs: Tensor, log_probs: Tensor) -> Tensor:
     return (target_log_probs.exp() * (target_log_probs - log_probs)).sum(dim=1)
 
 
-def network_divergence(log_probs: Tensor, peer_log_probs: Tensor) -> Tensor:
-    """DAST's divergence of two networks on a batch: the mean symmetric KL of their class probabilities.
-
-    Yang et al., "Learning COVID-19 Pneumonia Lesion Segmentation from Imperfect Annotations via
-    Divergence-Aware Selective Training", IEEE JBHI 2022 (DAST): two networks
-    trained on the same labels diverge most where the labels are wrong. The score is
-    mean over pixels of ½ (KL(p ‖ q) + KL(q ‖ p)).
+def pixel_divergence(log_probs: Tensor, peer_log_probs: Tensor) -> Tensor:
+    """The symmetric KL ½(KL(p ‖ q) + KL(q ‖ p)) of two networks' class probabilities, per pixel.
 
     Args:
-        log_probs: [V, K, h, w] the first network's class log-probabilities
-            (:func:`class_log_probabilities`).
+        log_probs: [V, K, h, w] the first network's class log-probabilities (:func:`class_log_probabilities`).
         peer_log_probs: The peer's, same shape.
 
     Returns:
-        A scalar ≥ 0 (0 for equal predictions), with gradients when its inputs have them.
+        [V, h, w], ≥ 0; 0 where the two predictions are equal.
     """
-    forward = kl_divergence_map(log_probs, peer_log_probs)
-    backward = kl_divergence_map(peer_log_probs, log_probs)
-    return 0.5 * (forward + backward).mean()
+    return 0.5 * (kl_divergence_map(log_probs, peer_log_probs) + kl_divergence_map(peer_log_probs, log_probs))
 
 
-def ranked_noisy(scores: Tensor, noisy_share: float) -> Tensor:
-    """DAST's ranking: is the newest batch among the ``noisy_share`` most divergent of the queue's?
+def noisiness_scores(
+    clean_log_probs: Tensor, noisy_log_probs: Tensor, labels: Tensor, divergence_scale: float
+) -> Tensor:
+    """DAST's divergence-aware noisiness score of every sample's label.
 
-    Yang et al., IEEE JBHI 2022: the divergence of the current batch is ranked against those of the last
-    batches (a FIFO queue); the batches with the top share of the scores are taken as noisy. With n scores
-    in the queue, the newest (the last entry) is noisy when fewer than ⌊noisy_share · n⌋ of them are strictly
-    above it (a score equal to the newest does not count), so a queue of fewer than 1 / noisy_share scores
-    ranks nothing noisy.
+    Yang, Wang, Sun, Luo, Sun, Li, Wang & Zhang, "Learning COVID-19 Pneumonia Lesion Segmentation from
+    Imperfect Annotations via Divergence-Aware Selective Training", IEEE JBHI 2022 (DAST). The clean
+    branch, trained on clean labels only, scores how far a noisy label lies from what it predicts: the
+    per-pixel cross-entropy of its prediction against the label, weighted by exp(−ξ·D) where D is the
+    two branches' :func:`pixel_divergence` (the pixels where the branches disagree, i.e. uncertain ones,
+    count less), averaged over the sample's pixels. The higher the score, the noisier the label.
 
     Args:
-        scores: [n] float, the queue's divergences, oldest first, the current batch's last.
-        noisy_share: The share of batches taken as noisy, in [0, 1).
+        clean_log_probs: [V, K, h, w] the clean branch's class log-probabilities (detached).
+        noisy_log_probs: [V, K, h, w] the noisy branch's (detached).
+        labels: [V, h, w] int64 the noisy labels.
+        divergence_scale: ξ ≥ 0 (PyMIC's 16).
 
     Returns:
-        A bool scalar tensor on ``scores``' device (no host sync).
+        [V] float scores ≥ 0.
     """
-    count = int(noisy_share * scores.numel())
-    return (scores > scores[-1]).sum() < count
+    cross_entropy = -clean_log_probs.gather(1, labels[:, None])[:, 0]  # [V, h, w]
+    weights = torch.exp(-divergence_scale * pixel_divergence(clean_log_probs, noisy_log_probs))
+    return (weights * cross_entropy).flatten(1).mean(dim=1)
+
+
+def ranked_extremes(ranking: Tensor, scores: Tensor, share: float) -> tuple[Tensor, Tensor]:
+    """DAST's selection: which scores are among the top, and which among the bottom, ``share`` of a queue.
+
+    Yang et al., IEEE JBHI 2022: each sample's noisiness score is ranked against those of the last samples
+    (a FIFO memory, the current ones included); the top share are *severely* noisy, the bottom share
+    *slightly* noisy. With n scores in ``ranking``, a score is in the top share when fewer than
+    ⌊share · n⌋ of them lie strictly above it, in the bottom share when fewer than ⌊share · n⌋ lie strictly
+    below it (equal scores do not count), so a queue of fewer than 1 / share scores selects nothing.
+
+    Args:
+        ranking: [n] the queue's scores, the current ones included.
+        scores: [B] the scores to rank (the current samples').
+        share: In [0, 0.5] (top and bottom do not overlap).
+
+    Returns:
+        (top [B] bool, bottom [B] bool), on ``scores``' device (no host sync).
+    """
+    count = int(share * ranking.numel())
+    above = (ranking[None, :] > scores[:, None]).sum(dim=1)  # [B]
+    below = (ranking[None, :] < scores[:, None]).sum(dim=1)
+    return above < count, below < count
+
+
+def refined_labels(clean_log_probs: Tensor, noisy_log_probs: Tensor, labels: Tensor) -> Tensor:
+    """DAST's refined label of a slightly noisy sample: the mean of three one-hot maps.
+
+    Yang et al., IEEE JBHI 2022: the clean branch's and the noisy branch's predicted classes and the noisy
+    label vote with equal weights; :func:`sharpen` then turns the vote into the supplementary target.
+
+    Args:
+        clean_log_probs: [V, K, h, w] the clean branch's class log-probabilities (detached).
+        noisy_log_probs: [V, K, h, w] the noisy branch's (detached).
+        labels: [V, h, w] int64 the noisy labels.
+
+    Returns:
+        [V, K, h, w] float, each pixel's entries in {0, 1/3, 2/3, 1}, summing to 1.
+    """
+    classes = clean_log_probs.shape[1]
+    votes = torch.stack(
+        [clean_log_probs.argmax(dim=1), noisy_log_probs.argmax(dim=1), labels]
+    )  # [3, V, h, w]
+    return torch.nn.functional.one_hot(votes, classes).float().mean(dim=0).movedim(-1, 1)
+
+
+def sharpen(probs: Tensor, temperature: float) -> Tensor:
+    """Temperature sharpening p_k^(1/T) / Σ_j p_j^(1/T) over the classes (dim 1), T in (0, 1] sharpens.
+
+    DAST sharpens its refined labels with T = 0.5 (Yang et al., IEEE JBHI 2022). For two classes this is
+    PyMIC's p^(1/T) / (p^(1/T) + (1 − p)^(1/T)).
+
+    Example:
+        >>> [round(value, 4) for value in sharpen(torch.tensor([[2 / 3, 1 / 3]]), 0.5)[0].tolist()]
+        [0.8, 0.2]
+    """
+    powered = probs ** (1.0 / temperature)
+    return powered / powered.sum(dim=1, keepdim=True)
+
+
+def sigmoid_rampup(epoch: int, ramp_epochs: int) -> float:
+    """The sigmoid ramp-up exp(−5(1 − t)²), t = min(epoch / ramp_epochs, 1), of (0-based) ``epoch``.
+
+    Laine & Aila, "Temporal Ensembling for Semi-Supervised Learning", ICLR 2017; DAST ramps its two
+    regularisers' weights with it (as PyMIC does). ``ramp_epochs`` 0: 1 from the start.
+
+    Example:
+        >>> [round(sigmoid_rampup(epoch, 4), 4) for epoch in (0, 2, 4, 9)]
+        [0.0067, 0.2865, 1.0, 1.0]
+    """
+    if ramp_epochs == 0:
+        return 1.0
+    progress = min(epoch / ramp_epochs, 1.0)
+    return float(np.exp(-5.0 * (1.0 - progress) ** 2))

@@ -9,10 +9,12 @@ robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`);
 ``trinet`` train two or three networks on the pixels the others select (:mod:`mlbseg.seg.selection`),
 ``clslsr`` smooths the labels at confident-learning label errors, ``adele`` trains on the mean cost of labels
 that the run corrects after each class's early-learning turning point (the step counts each class's
-training IoU for it, :meth:`SegmentationStep.class_overlap`); ``dast`` trains two networks on the noisy
-labels of the batches their divergence ranks clean, on their consistency alone on those it ranks noisy,
-and the first on the clean meta batch (:meth:`SegmentationStep.dast_state_dict`). Which parts a method
-uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
+training IoU for it, :meth:`SegmentationStep.class_overlap`), at three input scales with their multi-scale
+consistency (:meth:`SegmentationStep.multiscale_loss`); ``dast`` trains a clean branch (the first
+network) on the clean meta batch and a noisy branch on the noisy labels, except those its divergence-aware
+scores rank noisiest, where the branches' consistency replaces the label, and it refines the least noisy
+labels into supplementary targets of the clean branch (:meth:`SegmentationStep.dast_state_dict`). Which
+parts a method uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
 The cost is chosen once by the number of labels K (:mod:`mlbseg.seg.label_space`): per-pixel BCE on one
@@ -32,7 +34,9 @@ computes on the concatenated batch, and so is the update. A robust loss's parame
 trained like the network's: their gradients are averaged and clipped together with the network's.
 The selection rules choose pixels within each process's part of the batch; co-teaching keeps the same
 count on every process, so its averaged gradient is that of the mean over all kept pixels, but which
-pixels are kept is decided per process, not over the global batch.
+pixels are kept is decided per process, not over the global batch. ``dast`` ranks the global batch (the
+processes' scores gathered) and divides its kept samples' costs by their global count, times the number
+of processes, so its averaged gradients are exactly those of one process on the concatenated batch.
 """
 
 from __future__ import annotations
@@ -49,12 +53,14 @@ from torch import nn
 from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import apply_update, autocast_to
+from mlbseg.errors import UserError
 from mlbseg.meta import bootstrap_weights, resolve_normalizer_name
 from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
 from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
 from mlbseg.seg.losses import RobustLoss, class_probabilities, pixel_cross_entropy
+from mlbseg.seg.multiscale import forward_at_scale, multiscale_consistency
 from mlbseg.seg.selection import (
     class_log_probabilities,
     class_overlaps,
@@ -63,8 +69,11 @@ from mlbseg.seg.selection import (
     forget_rate,
     kl_divergence_map,
     masked_mean,
-    network_divergence,
-    ranked_noisy,
+    noisiness_scores,
+    ranked_extremes,
+    refined_labels,
+    sharpen,
+    sigmoid_rampup,
     smoothed_targets,
     trinet_masks,
 )
@@ -124,7 +133,11 @@ class SegmentationStep:
     ``peers`` are the further networks of a method with several (``method.networks`` − 1 of them), each
     stepped by its own optimizer, clipped and averaged across processes as the first; the first network
     (``model``) is the one evaluated. :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``,
-    starts the epoch's per-class counts of the training IoU afresh (:meth:`class_overlap`).
+    starts the epoch's per-class counts of the training IoU afresh (:meth:`class_overlap`). ``epochs``
+    is the run's length (``train.epochs``): ``dast`` ramps its regularisers over it unless
+    ``method.dast_ramp_epochs`` says otherwise.
+    ``size_divisor`` is what the network's input sides must be multiples of
+    (:func:`~mlbseg.seg.model.size_divisor`): ``adele``'s rescaled inputs are rounded to it.
     """
 
     def __init__(
@@ -143,6 +156,8 @@ class SegmentationStep:
         num_labels: int = 2,
         robust_loss: RobustLoss | None = None,
         peers: Sequence[PeerNetwork] = (),
+        size_divisor: int = 1,
+        epochs: int = 1,
     ) -> None:
         if len(peers) != method.networks - 1:
             raise ValueError(f"method {method.name} trains {method.networks} networks, got {len(peers) + 1}")
@@ -153,6 +168,7 @@ class SegmentationStep:
         self.trainable = nn.ModuleList([model, robust_loss]) if learnt else model
         self.grad_clip_norm, self.teacher, self.generator = grad_clip_norm, teacher, generator
         self.amp_dtype, self.dist = amp_dtype, dist
+        self.size_divisor = size_divisor
         self.labels = label_space(num_labels)
         # Segmentation's normaliser names (``softmax`` = per sample) whatever the cost: resolved here, so the
         # engine's ``ce`` alias (classification's softmax over the batch) never applies to pixels.
@@ -164,14 +180,19 @@ class SegmentationStep:
         ]
         self.keep_share = 1.0  # 1 − the epoch's forget rate (co-teaching, Tri-Net)
         self._overlap: torch.Tensor | None = None  # adele: [2, K − 1] the epoch's sums so far
-        self._divergences: torch.Tensor | None = None  # dast: [n ≤ method.dast_queue] the last batches'
+        self._noisiness: torch.Tensor | None = None  # dast: [n ≤ method.dast_queue] the last samples' scores
+        self.epoch = 0  # the (0-based) epoch being trained (begin_epoch)
+        # dast: epochs of the sigmoid ramp-up of its regularisers (null in the config: the whole run)
+        ramp = method.dast_ramp_epochs
+        self.dast_ramp_epochs = ramp if ramp is not None else epochs
 
     def begin_epoch(self, epoch: int) -> None:
         """The forget rate of (0-based) ``epoch`` for the selection rules (:func:`forget_rate`).
 
-        Also empties ``adele``'s per-class IoU counts.
+        Also empties ``adele``'s per-class IoU counts and sets the epoch of ``dast``'s ramp-up.
         """
         method = self.method
+        self.epoch = epoch
         rate = forget_rate(epoch, final_rate=method.forget_rate, ramp_epochs=method.forget_ramp_epochs)
         self.keep_share = 1.0 - rate
         self._overlap = None
@@ -245,6 +266,8 @@ class SegmentationStep:
                 weighted = weighted + (weights.beta * self.labels.costs(logits, weights.pseudo)).sum()
                 stats["beta_mean"] = weights.beta.mean()
             loss = self.dist.world_size * weighted  # a share of a global sum; gradients are averaged
+        elif self.method.uses_multiscale_consistency:  # adele, from the first step (warm-up included)
+            loss = self.multiscale_loss(batch.images, batch.labels, logits)
         else:
             loss = self.noisy_label_loss(logits, batch.labels, correct=meta_weighting)
         if extra is not None:
@@ -275,6 +298,28 @@ class SegmentationStep:
         if self.robust_loss is None:
             return self.labels.costs(logits, labels).mean()
         return self.robust_loss(logits, label_maps(labels, self.labels.num_labels))
+
+    def multiscale_loss(
+        self, images: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """ADELE's loss with its multi-scale consistency: (Σ_s cost_s + λ·consistency) / S.
+
+        Liu et al., CVPR 2022. The scales are 1 (``logits`` [V, C, h, w], the step's own forward of
+        ``images`` [V, C_in, h, w]) and each of ``method.adele_scales``: the network's forward of the
+        images rescaled by it, resized back (:func:`~mlbseg.seg.multiscale.forward_at_scale`, sides rounded
+        to ``size_divisor``). cost_s is the mean per-pixel cost of scale s's logits against the class maps
+        ``labels`` [V, 1, h, w], the consistency :func:`~mlbseg.seg.multiscale.multiscale_consistency` of
+        the S scales' class probabilities at ρ = ``method.adele_consistency_confidence``, λ =
+        ``method.adele_consistency_weight``.
+        """
+        scaled = [logits] + [
+            forward_at_scale(self._forward, images, scale, self.size_divisor)
+            for scale in self.method.adele_scales
+        ]  # S × [V, C, h, w]
+        costs = sum(self.labels.costs(scale_logits, labels).mean() for scale_logits in scaled)
+        log_probs = [class_log_probabilities(scale_logits) for scale_logits in scaled]  # S × [V, K, h, w]
+        consistency = multiscale_consistency(log_probs, self.method.adele_consistency_confidence)
+        return (costs + self.method.adele_consistency_weight * consistency) / len(scaled)
 
     def smoothed_label_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CLSLSR: mean cross-entropy against soft targets smoothed at the batch's label errors.
@@ -322,62 +367,100 @@ class SegmentationStep:
         }
 
     def _dast_step(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
-        """DAST: both networks on the noisy labels of a batch ranked clean, on consistency if ranked noisy.
+        """DAST: a clean branch on the clean data, a noisy branch on the labels it does not rank noisiest.
 
-        Yang et al., "Learning COVID-19 Pneumonia Lesion Segmentation from Imperfect Annotations via
-        Divergence-Aware Selective Training", IEEE JBHI 2022. The two networks' divergence on the batch
-        (:func:`~mlbseg.seg.selection.network_divergence`, averaged over the processes so that all rank
-        alike) joins the FIFO queue of the last ``method.dast_queue`` batches' and is ranked against them
-        (:func:`~mlbseg.seg.selection.ranked_noisy`, top ``method.dast_noisy_share``). A batch ranked clean
-        trains each network on its mean cost of the labels; a batch ranked noisy trains each only on
-        ``method.dast_consistency_weight`` × the mean KL(peer ‖ own) of the class probabilities, the peer's
-        detached. During warm-up (``meta_weighting`` False) every batch counts as clean (the queue still
-        fills). Then the first network steps on the clean meta batch, the paper's clean data. The choice
-        is a tensor (``torch.where``), so a step has no host sync.
+        Yang, Wang, Sun, Luo, Sun, Li, Wang & Zhang, "Learning COVID-19 Pneumonia Lesion Segmentation from
+        Imperfect Annotations via Divergence-Aware Selective Training", IEEE JBHI 2022. The first network
+        (the clean branch, the one evaluated) trains on the clean meta batch, the peer (the noisy branch)
+        on the noisy batch. Each noisy sample's label gets the clean branch's divergence-aware noisiness
+        score (:func:`~mlbseg.seg.selection.noisiness_scores`), ranked against the memory of the last
+        ``method.dast_queue`` samples' (:meth:`_rank_noisiness`). A *severely* noisy sample (top
+        ``method.dast_select_share``) does not train the noisy branch on its label; instead the two
+        branches are pulled together on it, each toward the other's detached prediction, with weight
+        ½·``method.dast_consistency_weight`` (dual-branch consistency). A *slightly* noisy sample (bottom
+        share) also trains the clean branch: the mean |p − t| of its class probabilities against the
+        sharpened vote t of both branches' predicted classes and the label (supplementary training,
+        ``method.dast_supplementary_weight``). Both weights follow the epoch's sigmoid ramp-up
+        (:meth:`begin_epoch`); the regularisers are means over the batch, unselected samples counting 0.
+        During warm-up (``meta_weighting`` False) no sample is ranked into either share (the memory still
+        fills). The choices are tensors, so a step has no host sync.
         """
-        forwards = (self.forward_model, self.peer_forward_models[0])
-        logits = [self._forward(batch.images, forward) for forward in forwards]  # each [V, C, h, w]
-        log_probs = [class_log_probabilities(net_logits) for net_logits in logits]  # each [V, K, h, w]
-        divergence = network_divergence(log_probs[0].detach(), log_probs[1].detach())
-        self.dist.average([divergence])
-        noisy = self._rank_divergence(divergence) & meta_weighting
-        weight = self.method.dast_consistency_weight
-        losses = []
-        for own, peer in ((0, 1), (1, 0)):
-            label_loss = self.labels.costs(logits[own], batch.labels).mean()
-            consistency = weight * kl_divergence_map(log_probs[peer].detach(), log_probs[own]).mean()
-            losses.append(torch.where(noisy, consistency, label_loss))
-        self._apply(losses[0])
-        self._apply(losses[1], self.peers[0])
-        probs = self.labels.probabilities(logits[0].detach())
+        method, space = self.method, self.labels
+        count = len(meta.images)
+        clean_net, noisy_net = self.forward_model, self.peer_forward_models[0]
+        both = self._forward(torch.cat([meta.images, batch.images]), clean_net)  # [M + B, C, h, w]
+        meta_logits, clean_logits = both[:count], both[count:]
+        noisy_logits = self._forward(batch.images, noisy_net)  # [B, C, h, w]
+        clean_log_probs = class_log_probabilities(clean_logits)  # [B, K, h, w]
+        noisy_log_probs = class_log_probabilities(noisy_logits)
+        clean_target, noisy_target = clean_log_probs.detach(), noisy_log_probs.detach()
+        labels = batch.labels[:, 0].long()  # [B, h, w]
+        scores = noisiness_scores(clean_target, noisy_target, labels, method.dast_divergence_scale)  # [B]
+        severe_all, slight_all = (share & meta_weighting for share in self._rank_noisiness(scores))  # [W·B]
+        mine = slice(self.dist.rank * len(scores), (self.dist.rank + 1) * len(scores))
+        severe, slight = severe_all[mine], slight_all[mine]  # [B] this process's samples
+
+        def per_sample(values: torch.Tensor) -> torch.Tensor:
+            return values.flatten(1).mean(dim=1)  # [B]
+
+        weight = sigmoid_rampup(self.epoch, self.dast_ramp_epochs)
+        consistency = 0.5 * weight * method.dast_consistency_weight
+        # the mean over the global batch's kept samples, as a share of a global sum (see the module doc)
+        kept_costs = (per_sample(space.costs(noisy_logits, batch.labels)) * ~severe).sum()
+        kept_labels = self.dist.world_size * kept_costs / (~severe_all).sum().clamp_min(1)
+        pulled_noisy = (per_sample(kl_divergence_map(clean_target, noisy_log_probs)) * severe).mean()
+        noisy_loss = kept_labels + consistency * pulled_noisy
+        target = sharpen(refined_labels(clean_target, noisy_target, labels), method.dast_temperature)
+        supplementary = (per_sample((clean_log_probs.exp() - target).abs()) * slight).mean()
+        meta_loss = space.costs(meta_logits, meta.labels).mean()
+        clean_loss = (
+            meta_loss
+            + consistency * (per_sample(kl_divergence_map(noisy_target, clean_log_probs)) * severe).mean()
+            + weight * method.dast_supplementary_weight * supplementary
+        )
+        self._apply(clean_loss)
+        self._apply(noisy_loss, self.peers[0])
+        probs = space.probabilities(clean_logits.detach())
         return {
-            "loss": losses[0].detach(),
-            "divergence": divergence,
-            "noisy_batch": noisy.float(),
+            "loss": clean_loss.detach(),
+            "noisy_branch_loss": noisy_loss.detach(),
+            "noisiness": scores.mean(),
+            "severe_share": severe.float().mean(),
+            "slight_share": slight.float().mean(),
             "train_dice_reference": self.reference_dice(probs, batch),
-            "meta_loss": self._meta_step(meta),
+            "meta_loss": meta_loss.detach(),
         }
 
-    def _rank_divergence(self, divergence: torch.Tensor) -> torch.Tensor:
-        """Push ``divergence`` into the FIFO queue (the last ``method.dast_queue`` kept), then rank it."""
-        scores = (
-            divergence[None]
-            if self._divergences is None
-            else torch.cat([self._divergences, divergence[None]])
-        )
-        self._divergences = scores[-self.method.dast_queue :]
-        return ranked_noisy(self._divergences, self.method.dast_noisy_share)
+    def _rank_noisiness(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank the global batch's scores among the memory's: (severe [W·B] bool, slight [W·B] bool).
+
+        ``scores`` are this process's [B]. Every process's scores join the memory (a FIFO of the last
+        ``method.dast_queue`` samples' scores, the global batch in rank order), so that all processes
+        rank alike; the ranking set is the last max(queue, global batch) scores, the current ones included
+        (:func:`~mlbseg.seg.selection.ranked_extremes`).
+        """
+        everyone = self.dist.all_gather(scores)  # [W·B]
+        queue = self._noisiness
+        ranking = everyone if queue is None else torch.cat([queue, everyone])
+        ranking = ranking[-max(self.method.dast_queue, len(everyone)) :]
+        self._noisiness = ranking[-self.method.dast_queue :]
+        return ranked_extremes(ranking, everyone, self.method.dast_select_share)
 
     def dast_state_dict(self) -> dict[str, torch.Tensor | None]:
-        """``dast``'s queue: ``divergences`` [n] float32 on the CPU, oldest first (None before a step)."""
-        queue = self._divergences
-        return {"divergences": None if queue is None else queue.cpu().clone()}
+        """``dast``'s memory: ``noisiness`` [n] float32 on the CPU, oldest first (None before a step)."""
+        queue = self._noisiness
+        return {"noisiness": None if queue is None else queue.cpu().clone()}
 
     def load_dast_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
-        """Continue from :meth:`dast_state_dict` (the queue on the first network's device)."""
-        queue = state["divergences"]
+        """Continue from :meth:`dast_state_dict` (the memory on the first network's device)."""
+        if "noisiness" not in state:  # written before DAST ranked samples (a queue of batch divergences)
+            raise UserError(
+                "last.pt: its dast state comes from an earlier mlbseg whose dast ranked whole batches; "
+                "resuming would change the method mid-run: start the run again in a new folder"
+            )
+        queue = state["noisiness"]
         device = next(self.model.parameters()).device
-        self._divergences = None if queue is None else queue.to(device)
+        self._noisiness = None if queue is None else queue.to(device)
 
     def reference_dice(self, probs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Batch Dice of the hard prediction against the clean reference, mean over the foreground classes.

@@ -28,8 +28,8 @@ on stderr.
 
 ``adele`` (:class:`EarlyLearningCorrection`) keeps each foreground class's training-IoU curve, its turning
 point and the corrected label maps of the train slices, which the steps then train on; all three are in
-``last.pt`` (``correction``) and resume bit for bit. ``dast``'s queue of the last batches' divergences
-is in ``last.pt`` (``dast``) too (:meth:`mlbseg.seg.step.SegmentationStep.dast_state_dict`).
+``last.pt`` (``correction``) and resume bit for bit. ``dast``'s memory of the last samples' noisiness
+scores is in ``last.pt`` (``dast``) too (:meth:`mlbseg.seg.step.SegmentationStep.dast_state_dict`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from mlbseg.engine.streams import IndexStream, MixedIndexStream
 from mlbseg.errors import UserError
 from mlbseg.figures.weights import draw_weight_maps
 from mlbseg.prep.manifest import MANIFEST, label_names, load_manifest
-from mlbseg.seg.config import SegConfig, check_config, check_zoom_pads
+from mlbseg.seg.config import SegConfig, check_adele_scales_fit, check_config, check_zoom_pads
 from mlbseg.seg.data import (
     SliceSet,
     data_record,
@@ -60,7 +60,8 @@ from mlbseg.seg.data import (
     training_label_key,
 )
 from mlbseg.seg.inference import predict_probabilities, validation_dice
-from mlbseg.seg.model import build_model, output_channels
+from mlbseg.seg.model import build_model, output_channels, size_divisor
+from mlbseg.seg.multiscale import AtScale
 from mlbseg.seg.selection import early_learning_correction, early_learning_turning_epoch
 from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
 from mlbseg.seg.tensorboard import overlay_of_volume
@@ -119,6 +120,7 @@ class SegmentationRun:
         self.best: dict[str, Any] | None = None  # train.select=best_val: the best epoch so far
         self.epoch = 0
         check_zoom_pads(cfg, self.train_set.images.shape[-1])
+        check_adele_scales_fit(cfg, *self.train_set.images.shape[-2:])
         # None when every train slice has a reference: the step then monitors the whole batch.
         monitored = self.train_set.has_reference
         self.train_has_reference = None if bool(monitored.all()) else monitored
@@ -139,6 +141,8 @@ class SegmentationRun:
                 self.train_set,
                 slope_drop=cfg.method.adele_slope_drop,
                 confidence=cfg.method.adele_confidence,
+                scales=cfg.method.adele_scales if cfg.method.uses_multiscale_consistency else (),
+                size_divisor=size_divisor(cfg.model),
             )
             if cfg.method.rule == "adele"
             else None
@@ -166,6 +170,8 @@ class SegmentationRun:
             num_labels=num_labels,
             robust_loss=self.robust_loss,
             peers=self.peers,
+            size_divisor=size_divisor(cfg.model),
+            epochs=cfg.train.epochs,
         )
         world, fraction = self.dist.world_size, cfg.data.foreground_fraction
         self.train_stream = slice_stream(
@@ -278,7 +284,7 @@ class SegmentationRun:
 
         ``peers`` holds each further network's ``model`` and ``optimizer`` state ([] for one network);
         ``correction`` ``adele``'s curves, turning points and corrected labels (None for other methods);
-        ``dast`` ``dast``'s divergence queue (None for other methods);
+        ``dast`` ``dast``'s memory of noisiness scores (None for other methods);
         ``best`` holds the epoch, its ``val_dice``, model and teacher (None unless ``train.select:
         best_val``); ``data`` is for ``predict``.
 
@@ -384,12 +390,24 @@ class EarlyLearningCorrection:
     labels of every train slice are corrected after each epoch with the model's eval-mode probabilities
     (:func:`~mlbseg.seg.selection.early_learning_correction`, corrections accumulate), and the steps
     train on the corrected labels. The labels are the train set's own tensor, corrected in place.
+    With ``scales`` (the multi-scale consistency on: ``method.adele_scales``) the probabilities are the
+    mean over scale 1 and those scales of the eval-mode probabilities of the rescaled slices
+    (:class:`~mlbseg.seg.multiscale.AtScale`, sides rounded to ``size_divisor``); without, scale 1's.
     """
 
-    def __init__(self, train_set: SliceSet, *, slope_drop: float, confidence: float) -> None:
+    def __init__(
+        self,
+        train_set: SliceSet,
+        *,
+        slope_drop: float,
+        confidence: float,
+        scales: tuple[float, ...] = (),
+        size_divisor: int = 1,
+    ) -> None:
         self.images, self.labels = train_set.images, train_set.labels  # [N, C, h, w]; [N, 1, h, w] uint8
         self.noisy = train_set.labels.clone()  # the labels as given, for ``corrected_share``
         self.slope_drop, self.confidence = slope_drop, confidence
+        self.scales, self.size_divisor = scales, size_divisor
         classes = train_set.num_labels - 1
         self.curves: list[list[float]] = [[] for _ in range(classes)]  # per foreground class, per epoch
         self.turning_epochs: list[int | None] = [None] * classes  # 1-based epoch the correction began
@@ -446,12 +464,22 @@ class EarlyLearningCorrection:
         corrected = torch.tensor(turned, device=self.labels.device)  # [K]
         for start in range(0, len(self.labels), CORRECTION_CHUNK):
             chunk = slice(start, start + CORRECTION_CHUNK)
-            probs = predict_probabilities(model, self.images[chunk], amp_dtype=amp_dtype)  # [B, C_out, h, w]
+            probs = self._probabilities(model, self.images[chunk], amp_dtype)  # [B, C_out, h, w]
             if probs.shape[1] == 1:
                 probs = torch.cat([1 - probs, probs], dim=1)  # [B, 2, h, w]: background, foreground
             labels = self.labels[chunk, 0].long()  # [B, h, w]
             new = early_learning_correction(labels, probs, corrected, self.confidence)
             self.labels[chunk, 0] = new.to(self.labels.dtype)
+
+    def _probabilities(
+        self, model: torch.nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None
+    ) -> torch.Tensor:
+        """[B, C_out, h, w] eval-mode probabilities of ``images``: scale 1's, or the mean over the scales."""
+        if not self.scales:
+            return predict_probabilities(model, images, amp_dtype=amp_dtype)
+        networks = [model, *(AtScale(model, scale, self.size_divisor) for scale in self.scales)]
+        probs = [predict_probabilities(network, images, amp_dtype=amp_dtype) for network in networks]
+        return torch.stack(probs).mean(dim=0)
 
     def state_dict(self) -> dict[str, Any]:
         """``curves``, ``turning_epochs`` and the corrected ``labels``.

@@ -2,8 +2,9 @@
 
 The iteration test runs :class:`~mlbseg.seg.step.SegmentationStep` (meta weights, the weighted step scaled
 by the number of processes, consistency and EMA terms, gradient averaging, clipping, the meta-batch step)
-on each half of a batch and checks it against one process on the whole batch. The net uses GroupNorm:
-BatchNorm statistics would differ between a half batch and the whole.
+on each half of a batch and checks it against one process on the whole batch, and so does the DAST test
+(two networks, the noisiness ranked over the global batch, the kept labels' mean over the global count).
+The nets use GroupNorm: BatchNorm statistics would differ between a half batch and the whole.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from mlbseg.engine.distributed import SINGLE, Distributed, distributed_session, 
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, EMAConfig, MethodConfig, ViewsConfig
-from mlbseg.seg.step import Batch, SegmentationStep
+from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
 from mlbseg.seg.views import ViewParams, make_views
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -42,6 +43,7 @@ def test_single_process_collectives_are_identities():
     index = torch.arange(6)
     assert SINGLE.shard(index) is index
     assert SINGLE.gather("x") == ["x"]
+    assert SINGLE.all_gather(index) is index
     assert SINGLE.on_main(lambda: 3) == 3
     assert SINGLE.rank_seed(11) == 11
     values = {"loss": torch.tensor(2.0)}
@@ -165,7 +167,52 @@ def _collectives(dist: Distributed) -> dict:
     dist.broadcast_module(module)
     results["broadcast"] = module.weight.detach().clone()
     results["mean_values"] = dist.mean_values({"a": torch.tensor(float(dist.rank)), "b": torch.tensor(4.0)})
+    results["all_gather"] = dist.all_gather(torch.tensor([10.0 * dist.rank, 10.0 * dist.rank + 1]))
     return results
+
+
+def _dast_batches() -> tuple[Batch, Batch]:
+    """Four training and two meta slices of 16×16 without views (seeded); their labels differ in quality."""
+    generator = torch.Generator().manual_seed(5)
+    images = torch.randn(6, 1, 16, 16, generator=generator)
+    labels = torch.rand(6, 1, 16, 16, generator=generator) > torch.linspace(0.2, 0.8, 6)[:, None, None, None]
+    labels = labels.float()
+    return Batch(images[:4], labels[:4], labels[:4].clone(), None), Batch(
+        images[4:], labels[4:], labels[4:], None
+    )
+
+
+def _dast_iteration(dist: Distributed) -> dict:
+    """Both networks' parameters, the memory and the mean statistics after one DAST step."""
+    models = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        models.append(GroupNormSegNet())
+    optimizers = [torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) for model in models]
+    # a memory of the four current scores: the top one is severe, the bottom one slight
+    method = MethodConfig(name="dast", dast_queue=4, dast_select_share=0.25, dast_ramp_epochs=0)
+    step = SegmentationStep(
+        models[0],
+        optimizers[0],
+        method=method,
+        data=DataConfig(),
+        grad_clip_norm=10.0,
+        generator=torch.Generator().manual_seed(1),
+        dist=dist,
+        peers=[PeerNetwork(models[1], optimizers[1])],
+    )
+    batch, meta = _dast_batches()
+    if dist.enabled:
+        half, meta_half = slice(2 * dist.rank, 2 * dist.rank + 2), slice(dist.rank, dist.rank + 1)
+        batch = Batch(batch.images[half], batch.labels[half], batch.reference[half], None)
+        meta = Batch(meta.images[meta_half], meta.labels[meta_half], meta.reference[meta_half], None)
+    stats = step(batch, meta, meta_weighting=True)
+    stats.pop("train_dice_reference")
+    return {
+        "params": [param.detach().clone() for model in models for param in model.parameters()],
+        "memory": step.dast_state_dict()["noisiness"],
+        "stats": {name: float(value) for name, value in dist.mean_values(stats).items()},
+    }
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -175,7 +222,12 @@ def _worker(rank: int, port: int, out: str) -> None:
         | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     )
     with distributed_session(torch.device("cpu")) as dist:
-        results = {"rank": dist.rank, "collectives": _collectives(dist), "iteration": _iteration(dist)}
+        results = {
+            "rank": dist.rank,
+            "collectives": _collectives(dist),
+            "iteration": _iteration(dist),
+            "dast": _dast_iteration(dist),
+        }
     torch.save(results, f"{out}/rank{rank}.pt")
 
 
@@ -206,6 +258,7 @@ def test_collectives_on_two_processes(ranks):
         torch.testing.assert_close(found["average"][1], torch.ones(2, 2))
         torch.testing.assert_close(found["broadcast"], torch.ones(2, 2))
         assert {name: float(value) for name, value in found["mean_values"].items()} == {"a": 0.5, "b": 4.0}
+        assert found["all_gather"].tolist() == [0.0, 1.0, 10.0, 11.0]  # rank order on every process
 
 
 def test_two_process_iteration_equals_one_process_on_the_concatenated_batch(ranks):
@@ -232,3 +285,14 @@ def test_one_process_on_its_half_alone_moves_differently(ranks):
     alone = [param.detach() for param in step.model.parameters()]
     joint = ranks[0]["iteration"]["params"]
     assert not all(torch.allclose(a, b, rtol=1e-3, atol=1e-5) for a, b in zip(alone, joint, strict=True))
+
+
+def test_two_process_dast_step_equals_one_process_on_the_concatenated_batch(ranks):
+    single = _dast_iteration(SINGLE)
+    assert single["stats"]["severe_share"] == 0.25 == single["stats"]["slight_share"]
+    for part in (result["dast"] for result in ranks):
+        torch.testing.assert_close(part["memory"], single["memory"])  # every process ranks alike
+        for actual, expected in zip(part["params"], single["params"], strict=True):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+        for name, value in single["stats"].items():
+            assert part["stats"][name] == pytest.approx(value, rel=1e-4), name

@@ -1,4 +1,4 @@
-"""The dast method (Yang et al., IEEE JBHI 2022): its divergence, its ranking rule, its step and its resume.
+"""The dast method (Yang et al., IEEE JBHI 2022): its scores, its ranking, its targets, its step and resume.
 
 The rules (mlbseg.seg.selection) are checked on hand-made tensors; the step on tiny conv nets without
 BatchNorm with SGD lr 0.1 and no clipping (as test_methods_selection.py), so that each network's update is
@@ -22,8 +22,13 @@ from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.selection import (
     class_log_probabilities,
     kl_divergence_map,
-    network_divergence,
-    ranked_noisy,
+    masked_mean,
+    noisiness_scores,
+    pixel_divergence,
+    ranked_extremes,
+    refined_labels,
+    sharpen,
+    sigmoid_rampup,
 )
 from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
 from mlbseg.seg.trainer import SegmentationRun
@@ -49,36 +54,81 @@ def test_binary_class_log_probabilities_are_background_then_foreground():
     torch.testing.assert_close(class_log_probabilities(multi).exp().sum(dim=1), torch.ones(2, 4, 4))
 
 
-def test_the_divergence_is_the_mean_symmetric_kl_of_the_two_predictions():
-    # one slice, two pixels, two classes: p = (0.5, 0.5), (0.9, 0.1); q = (0.5, 0.5), (0.6, 0.4)
-    p = torch.tensor([[0.5, 0.9], [0.5, 0.1]]).view(1, 2, 1, 2).log()
-    q = torch.tensor([[0.5, 0.6], [0.5, 0.4]]).view(1, 2, 1, 2).log()
-    kl_pq = 0.9 * math.log(0.9 / 0.6) + 0.1 * math.log(0.1 / 0.4)
-    kl_qp = 0.6 * math.log(0.6 / 0.9) + 0.4 * math.log(0.4 / 0.1)
-    assert kl_divergence_map(p, q).flatten().tolist() == pytest.approx([0.0, kl_pq], abs=1e-6)
-    expected = (0.0 + 0.5 * (kl_pq + kl_qp)) / 2  # the pixels' mean
-    assert float(network_divergence(p, q)) == pytest.approx(expected, rel=1e-5)
-    assert float(network_divergence(q, p)) == pytest.approx(expected, rel=1e-5)
-    assert float(network_divergence(p, p)) == 0.0
+# one slice, two pixels, two classes: p = (0.5, 0.5), (0.9, 0.1); q = (0.5, 0.5), (0.6, 0.4)
+P = torch.tensor([[0.5, 0.9], [0.5, 0.1]]).view(1, 2, 1, 2).log()
+Q = torch.tensor([[0.5, 0.6], [0.5, 0.4]]).view(1, 2, 1, 2).log()
+KL_PQ = 0.9 * math.log(0.9 / 0.6) + 0.1 * math.log(0.1 / 0.4)
+KL_QP = 0.6 * math.log(0.6 / 0.9) + 0.4 * math.log(0.4 / 0.1)
 
 
-def test_the_newest_batch_is_noisy_when_among_the_top_share_of_the_queue():
-    # share 0.4 of 5 scores: the 2 largest are noisy
-    assert bool(ranked_noisy(torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0]), 0.4))  # 4: second largest
-    assert not bool(ranked_noisy(torch.tensor([1.0, 5.0, 4.0, 2.0, 3.0]), 0.4))  # 3: third
-    assert bool(ranked_noisy(torch.tensor([1.0, 2.0, 3.0, 4.0, 9.0]), 0.4))  # the largest
-    assert not bool(ranked_noisy(torch.tensor([9.0]), 0.2))  # a queue under 1/share ranks nothing noisy
-    assert not bool(ranked_noisy(torch.tensor([1.0, 2.0, 3.0, 4.0]), 0.2))
-    assert bool(ranked_noisy(torch.full((5,), 2.0), 0.4))  # equal scores do not count as above
-    assert not bool(ranked_noisy(torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0]), 0.0))
+def test_the_pixel_divergence_is_the_symmetric_kl_of_the_two_predictions():
+    assert kl_divergence_map(P, Q).flatten().tolist() == pytest.approx([0.0, KL_PQ], abs=1e-6)
+    expected = [0.0, 0.5 * (KL_PQ + KL_QP)]
+    assert pixel_divergence(P, Q).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    assert pixel_divergence(Q, P).flatten().tolist() == pytest.approx(expected, abs=1e-6)
+    assert pixel_divergence(P, P).abs().max() == 0.0
+
+
+def test_the_noisiness_score_is_the_clean_branchs_cross_entropy_weighted_by_agreement():
+    labels = torch.tensor([[[1, 0]]])  # [1, 1, 2]: the first pixel labelled 1, the second 0
+    divergence = 0.5 * (KL_PQ + KL_QP)
+    # P is the clean branch: CE −log 0.5 at the first pixel (divergence 0), −log 0.9 at the second
+    expected = 0.5 * (-math.log(0.5) + math.exp(-16 * divergence) * -math.log(0.9))
+    assert noisiness_scores(P, Q, labels, 16.0).tolist() == pytest.approx([expected], rel=1e-5)
+    unweighted = 0.5 * (-math.log(0.5) - math.log(0.9))
+    assert noisiness_scores(P, Q, labels, 0.0).tolist() == pytest.approx([unweighted], rel=1e-5)
+    # a label that the clean branch predicts with certainty scores (almost) nothing; its negation a lot
+    sure = torch.tensor([[-1e-6, -20.0]]).view(1, 2, 1, 1)  # log (≈1, ≈2e-9)
+    assert float(noisiness_scores(sure, sure, torch.tensor([[[0]]]), 16.0)) < 1e-5
+    assert float(noisiness_scores(sure, sure, torch.tensor([[[1]]]), 16.0)) == pytest.approx(20.0)
+    two = torch.cat([P, P])  # one score per sample
+    assert noisiness_scores(two, torch.cat([Q, P]), torch.cat([labels, labels]), 16.0).shape == (2,)
+
+
+def test_the_top_and_bottom_shares_of_the_memory_are_severe_and_slight():
+    ranking = torch.tensor([1.0, 5.0, 3.0, 2.0, 4.0, 6.0, 7.0, 8.0, 9.0, 0.0])  # share 0.2 of 10: two
+    severe, slight = ranked_extremes(ranking, torch.tensor([9.0, 8.0, 7.0, 0.0, 1.0, 2.0]), 0.2)
+    assert severe.tolist() == [True, True, False, False, False, False]
+    assert slight.tolist() == [False, False, False, True, True, False]
+    nothing = ranked_extremes(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([4.0, 1.0]), 0.2)
+    assert not any(mask.any() for mask in nothing)  # under 1/share scores: nothing is selected
+    equal = ranked_extremes(torch.full((5,), 2.0), torch.tensor([2.0]), 0.4)
+    assert [bool(mask) for mask in equal] == [True, True]  # equal scores lie neither above nor below
+    none = ranked_extremes(ranking, torch.tensor([9.0, 0.0]), 0.0)
+    assert not any(mask.any() for mask in none)
+
+
+def test_refined_labels_vote_and_sharpening_makes_two_of_three_votes_eighty_percent():
+    clean = torch.tensor([[0.2, 0.9], [0.8, 0.1]]).view(1, 2, 1, 2).log()  # predicts 1, then 0
+    noisy = torch.tensor([[0.7, 0.6], [0.3, 0.4]]).view(1, 2, 1, 2).log()  # predicts 0, then 0
+    labels = torch.tensor([[[1, 0]]])
+    votes = refined_labels(clean, noisy, labels)  # [1, 2, 1, 2]
+    torch.testing.assert_close(votes[0, :, 0].T, torch.tensor([[1 / 3, 2 / 3], [1.0, 0.0]]))
+    sharp = sharpen(votes, 0.5)
+    torch.testing.assert_close(sharp[0, :, 0].T, torch.tensor([[0.2, 0.8], [1.0, 0.0]]))
+    three = sharpen(torch.tensor([[0.5, 0.25, 0.25]]), 0.5)  # K > 2: normalised over the classes
+    torch.testing.assert_close(three, torch.tensor([[4 / 6, 1 / 6, 1 / 6]]))
+    torch.testing.assert_close(sharpen(votes, 1.0), votes)
+
+
+def test_the_sigmoid_ramp_up():
+    assert [sigmoid_rampup(epoch, 4) for epoch in (0, 2, 4, 9)] == pytest.approx(
+        [math.exp(-5), math.exp(-5 / 4), 1.0, 1.0]
+    )
+    assert sigmoid_rampup(0, 0) == 1.0
 
 
 def test_the_dast_parameters_are_checked():
     for key, value in (
         ("dast_queue", 0),
-        ("dast_noisy_share", 1.0),
-        ("dast_noisy_share", -0.1),
+        ("dast_select_share", 0.6),
+        ("dast_select_share", -0.1),
+        ("dast_divergence_scale", -1.0),
         ("dast_consistency_weight", -1.0),
+        ("dast_supplementary_weight", -0.1),
+        ("dast_ramp_epochs", -1),
+        ("dast_temperature", 0.0),
+        ("dast_temperature", 1.5),
     ):
         with pytest.raises(UserError, match=rf"method\.{key}"):
             check_config(SegConfig(method=MethodConfig(name="dast", **{key: value})))
@@ -94,7 +144,7 @@ def _net(classes: int, seed: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, channels, 3, padding=1))
 
 
-def _step(classes: int, **method: float) -> SegmentationStep:
+def _step(classes: int, *, epochs: int = 1, **method: float) -> SegmentationStep:
     models = [_net(classes, seed) for seed in range(2)]
     optimizers = [torch.optim.SGD(model.parameters(), lr=LR) for model in models]
     return SegmentationStep(
@@ -106,6 +156,7 @@ def _step(classes: int, **method: float) -> SegmentationStep:
         generator=torch.Generator().manual_seed(0),
         num_labels=classes,
         peers=[PeerNetwork(models[1], optimizers[1])],
+        epochs=epochs,
     )
 
 
@@ -116,6 +167,7 @@ def _hand_batch(classes: int, seed: int = 1) -> Batch:
     labels[:, :, 2:6, 2:6] = 1
     if classes > 2:
         labels[:, :, 3:5, 3:5] = classes - 1
+    labels[1, :, :2] = 1  # the second slice's label is worse
     return Batch(images, labels, labels.clone(), None)
 
 
@@ -127,8 +179,8 @@ def _sgd(model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor]) -> None
             param -= LR * grad
 
 
-def _kl_to(model: nn.Module, peer_log_probs: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    return kl_divergence_map(peer_log_probs, class_log_probabilities(model(images))).mean()
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    return values.flatten(1).mean(dim=1)
 
 
 def _assert_same(model: nn.Module, expected: nn.Module) -> None:
@@ -137,49 +189,87 @@ def _assert_same(model: nn.Module, expected: nn.Module) -> None:
 
 
 @pytest.mark.parametrize("classes", [2, 3])
-@pytest.mark.parametrize("noisy", [False, True])
-def test_the_dast_step_trains_on_labels_when_clean_on_consistency_when_noisy(classes, noisy):
-    step = _step(classes, dast_noisy_share=0.2, dast_consistency_weight=0.5)
-    # nine earlier scores far above (the batch ranks clean) or at 0 (it ranks noisy: 2 of 10 are)
-    step.load_dast_state_dict({"divergences": torch.full((9,), 0.0 if noisy else 1e9)})
+@pytest.mark.parametrize(("ramp_epochs", "epoch"), [(0, 0), (4, 2)])
+def test_the_dast_step_drops_severe_labels_and_adds_consistency_and_supplementary_targets(
+    classes, ramp_epochs, epoch
+):
+    step = _step(
+        classes,
+        dast_select_share=0.2,
+        dast_consistency_weight=0.5,
+        dast_supplementary_weight=0.7,
+        dast_ramp_epochs=ramp_epochs,
+    )
+    step.begin_epoch(epoch)
     batch, meta = _hand_batch(classes), _hand_batch(classes, seed=2)
-    first, peer = copy.deepcopy(step.model), copy.deepcopy(step.peers[0].model)
-    first_log_probs = class_log_probabilities(first(batch.images)).detach()
-    peer_log_probs = class_log_probabilities(peer(batch.images)).detach()
-    divergence = network_divergence(first_log_probs, peer_log_probs)
-    assert float(divergence) > 0
-    if noisy:
-        _sgd(first, lambda net: 0.5 * _kl_to(net, peer_log_probs, batch.images))
-        _sgd(peer, lambda net: 0.5 * _kl_to(net, first_log_probs, batch.images))
-    else:
-        _sgd(first, lambda net: step.labels.costs(net(batch.images), batch.labels).mean())
-        _sgd(peer, lambda net: step.labels.costs(net(batch.images), batch.labels).mean())
-    _sgd(first, lambda net: step.labels.costs(net(meta.images), meta.labels).mean())  # the clean data
+    clean, noisy = copy.deepcopy(step.model), copy.deepcopy(step.peers[0].model)
+    clean_targets = class_log_probabilities(clean(batch.images)).detach()
+    noisy_targets = class_log_probabilities(noisy(batch.images)).detach()
+    labels = batch.labels[:, 0].long()
+    scores = noisiness_scores(clean_targets, noisy_targets, labels, 16.0)
+    assert scores[0] != scores[1]
+    # eight earlier scores between the two: of ten, the higher one is severe, the lower one slight
+    step.load_dast_state_dict({"noisiness": torch.full((8,), float(scores.mean()))})
+    severe = scores == scores.max()
+    slight = ~severe
+    weight = math.exp(-5 * (1 - epoch / ramp_epochs) ** 2) if ramp_epochs else 1.0
+    consistency = 0.5 * weight * 0.5
+    target = sharpen(refined_labels(clean_targets, noisy_targets, labels), 0.5)
+
+    def noisy_loss(net: nn.Module) -> torch.Tensor:
+        logits = net(batch.images)
+        kept = masked_mean(_per_sample(step.labels.costs(logits, batch.labels)), ~severe)
+        pulled = _per_sample(kl_divergence_map(clean_targets, class_log_probabilities(logits)))
+        return kept + consistency * (pulled * severe).mean()
+
+    def clean_loss(net: nn.Module) -> torch.Tensor:
+        logits = net(batch.images)
+        log_probs = class_log_probabilities(logits)
+        supplementary = (_per_sample((log_probs.exp() - target).abs()) * slight).mean()
+        pulled = (_per_sample(kl_divergence_map(noisy_targets, log_probs)) * severe).mean()
+        meta_cost = step.labels.costs(net(meta.images), meta.labels).mean()
+        return meta_cost + consistency * pulled + weight * 0.7 * supplementary
+
+    _sgd(clean, clean_loss)
+    _sgd(noisy, noisy_loss)
     stats = step(batch, meta, meta_weighting=True)
-    _assert_same(step.model, first)
-    _assert_same(step.peers[0].model, peer)
-    assert float(stats["noisy_batch"]) == float(noisy)
-    assert float(stats["divergence"]) == pytest.approx(float(divergence), rel=1e-5)
+    _assert_same(step.model, clean)
+    _assert_same(step.peers[0].model, noisy)
+    assert float(stats["severe_share"]) == 0.5 == float(stats["slight_share"])
+    assert float(stats["noisiness"]) == pytest.approx(float(scores.mean()), rel=1e-5)
     assert float(stats["meta_loss"]) > 0
 
 
-def test_in_warm_up_every_batch_trains_on_its_labels():
+def test_in_warm_up_no_sample_is_selected():
     step, reference = _step(2), _step(2)
-    step.load_dast_state_dict({"divergences": torch.zeros(9)})  # would rank the batch noisy
-    reference.load_dast_state_dict({"divergences": torch.full((9,), 1e9)})  # ranks it clean
-    warm = step(_hand_batch(2), _hand_batch(2, seed=2), meta_weighting=False)
-    clean = reference(_hand_batch(2), _hand_batch(2, seed=2), meta_weighting=True)
-    assert float(warm["noisy_batch"]) == 0.0 == float(clean["noisy_batch"])
-    for mine, theirs in zip(step.model.parameters(), reference.model.parameters(), strict=True):
-        assert torch.equal(mine, theirs)
-    assert len(step.dast_state_dict()["divergences"]) == 10  # the queue still fills
+    batch, meta = _hand_batch(2), _hand_batch(2, seed=2)
+    step.load_dast_state_dict({"noisiness": torch.full((8,), 0.3)})
+    clean, noisy = copy.deepcopy(step.model), copy.deepcopy(step.peers[0].model)
+    _sgd(clean, lambda net: step.labels.costs(net(meta.images), meta.labels).mean())
+    _sgd(noisy, lambda net: step.labels.costs(net(batch.images), batch.labels).mean())
+    warm = step(batch, meta, meta_weighting=False)
+    assert float(warm["severe_share"]) == 0.0 == float(warm["slight_share"])
+    _assert_same(step.model, clean)
+    _assert_same(step.peers[0].model, noisy)
+    assert len(step.dast_state_dict()["noisiness"]) == 10  # the memory still fills
+    assert reference.dast_state_dict() == {"noisiness": None}
 
 
-def test_the_queue_keeps_the_last_dast_queue_divergences_oldest_first():
+def test_the_memory_keeps_the_last_dast_queue_scores_oldest_first():
     step = _step(2, dast_queue=3)
-    assert step.dast_state_dict() == {"divergences": None}
-    scores = [float(step(_hand_batch(2, seed), _hand_batch(2, 9), True)["divergence"]) for seed in range(5)]
-    assert step.dast_state_dict()["divergences"].tolist() == pytest.approx(scores[-3:])
+    scores = []
+    for seed in range(3):
+        batch = _hand_batch(2, seed)
+        clean = class_log_probabilities(step.model(batch.images)).detach()
+        noisy = class_log_probabilities(step.peers[0].model(batch.images)).detach()
+        scores += noisiness_scores(clean, noisy, batch.labels[:, 0].long(), 16.0).tolist()
+        step(batch, _hand_batch(2, 9), True)
+    assert step.dast_state_dict()["noisiness"].tolist() == pytest.approx(scores[-3:], rel=1e-5)
+
+
+def test_a_memory_of_the_earlier_per_batch_dast_is_refused():
+    with pytest.raises(UserError, match=r"last\.pt: its dast state"):
+        _step(2).load_dast_state_dict({"divergences": torch.zeros(3)})
 
 
 # ------------------------------------------------------------------------------------------ in a run
@@ -192,7 +282,7 @@ def prepared(tmp_path_factory):
     return folder
 
 
-DAST = ("method.name=dast", "method.dast_queue=3", "method.dast_noisy_share=0.9")
+DAST = ("method.name=dast", "method.dast_queue=3", "method.dast_select_share=0.5")
 
 
 def _build(prepared: Path, tmp_path: Path) -> SegmentationRun:
@@ -210,7 +300,7 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
     for _ in range(3):
         straight.train_step()
     stats = straight.running_stats()
-    assert {"divergence", "noisy_batch", "meta_loss"} <= set(stats)
+    assert {"noisiness", "severe_share", "slight_share", "noisy_branch_loss", "meta_loss"} <= set(stats)
 
     first = _build(prepared, tmp_path)
     first.begin_epoch(0)
@@ -221,7 +311,7 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
         "optimizer": first.optimizer.state_dict(),
     }
     state = through_torch_save(state)
-    assert len(state["dast"]["divergences"]) == 1
+    assert len(state["dast"]["noisiness"]) == first.cfg.train.batch_size
 
     resumed = _build(prepared, tmp_path)
     resumed.model.load_state_dict(state["model"])
@@ -231,7 +321,7 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
     for _ in range(2):
         resumed.train_step()
     assert torch.equal(
-        resumed.step.dast_state_dict()["divergences"], straight.step.dast_state_dict()["divergences"]
+        resumed.step.dast_state_dict()["noisiness"], straight.step.dast_state_dict()["noisiness"]
     )
     for mine, theirs in ((resumed.model, straight.model), (resumed.peers[0].model, peer.model)):
         for name, tensor in mine.state_dict().items():

@@ -12,6 +12,9 @@ relation instead of equality (docs/method.md §5.2–5.3):
 - Tri-Net: PyMIC keeps the pixels below the loss quantile of each network and intersects two of them,
   without the peers' consensus on the predicted class; with predictions that agree everywhere and the
   same number kept, the masks are ours.
+- DAST: the clean branch's divergence-weighted cross-entropy is PyMIC's ``loss_n`` (PyMIC scores a batch,
+  the mean of our per-sample scores, and rounds p to 0.999·p + 5e-4); the dual-branch consistency is the
+  same; PyMIC's queue ranks the same top share, and one rank more than ours at the bottom.
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from mlbseg.seg.losses import gce_loss, mae_loss, nr_dice_loss, pixel_cross_entropy
-from mlbseg.seg.selection import small_loss_mask, smoothed_targets, trinet_masks
+from mlbseg.seg.selection import (
+    noisiness_scores,
+    pixel_divergence,
+    ranked_extremes,
+    small_loss_mask,
+    smoothed_targets,
+    trinet_masks,
+)
 
 pymic_ce = pytest.importorskip("pymic.loss.seg.ce")
 pymic_mse = pytest.importorskip("pymic.loss.seg.mse")
@@ -105,3 +115,48 @@ def test_trinet_masks_are_pymics_joint_small_loss_when_the_peers_agree():
     for index, (first, second) in enumerate(((1, 2), (0, 2), (0, 1))):
         assert torch.equal(ours[index].flatten(), theirs[first][1] & theirs[second][1])
     assert torch.equal(small_loss_mask(costs[0], kept / 25).flatten(), theirs[0][1])
+
+
+def _two_branches(samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Class log-probabilities [N, 2, 5, 5] of a clean and a noisy branch, and labels [N, 5, 5]."""
+    generator = torch.Generator().manual_seed(7)
+    clean = torch.randn(samples, 2, 5, 5, generator=generator).log_softmax(dim=1)
+    noisy = torch.randn(samples, 2, 5, 5, generator=generator).log_softmax(dim=1)
+    labels = (torch.rand(samples, 5, 5, generator=generator) > 0.5).long()
+    return clean, noisy, labels
+
+
+def test_dast_scores_and_consistency_are_pymics():
+    dast = pytest.importorskip("pymic.net_run.noisy_label.nll_dast")  # needs tensorboardX too
+    clean, noisy, labels = _two_branches(3)
+    one_hot = F.one_hot(labels, 2).movedim(-1, 1).float()
+    # PyMIC scores a whole batch; its loss_n (the clean branch's weighted cross-entropy) is our per-sample
+    # score's mean, up to its 0.999·p + 5e-4 rounding of the probabilities.
+    loss_n, _ = dast.select_criterion(noisy.exp(), clean.exp(), one_hot)
+    ours = noisiness_scores(clean, noisy, labels, 16.0)
+    assert float(ours.mean()) == pytest.approx(loss_n, rel=2e-3)
+    for sample in range(3):
+        theirs, _ = dast.select_criterion(
+            noisy[sample : sample + 1].exp(), clean[sample : sample + 1].exp(), one_hot[sample : sample + 1]
+        )
+        assert float(ours[sample]) == pytest.approx(theirs, rel=2e-3)
+    # the dual-branch consistency: PyMIC's ½(KL(clean ‖ noisy) + KL(noisy ‖ clean)), pixel mean
+    consistency = dast.ConsistLoss()(noisy.exp(), clean.exp())
+    torch.testing.assert_close(pixel_divergence(clean, noisy).mean(), consistency, rtol=1e-5, atol=1e-6)
+
+
+def test_dast_ranking_relates_to_pymics_rank_queue():
+    dast = pytest.importorskip("pymic.net_run.noisy_label.nll_dast")
+    length, share = 10, 0.2
+    values = torch.randperm(60, generator=torch.Generator().manual_seed(8)).double().tolist()
+    rank, memory = dast.Rank(length), torch.empty(0, dtype=torch.float64)
+    for step, value in enumerate(values):
+        theirs = rank.add_val(value)
+        memory = torch.cat([memory, torch.tensor([value], dtype=torch.float64)])[-length:]
+        severe, slight = (bool(mask) for mask in ranked_extremes(memory, memory[-1:], share))
+        if step < length:  # PyMIC ranks nothing (-1) until its queue was full before the value
+            assert theirs == -1
+            continue
+        assert severe == (theirs >= length * (1 - share))  # the top ⌊share·L⌋ ranks alike
+        # PyMIC's bottom test rank ≤ share·L admits one rank more than ours (its ranks 0..⌊share·L⌋)
+        assert slight == (theirs < length * share)
