@@ -36,7 +36,8 @@ from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import build_optimizer
 from mlbseg.seg.config import METHODS, DataConfig, MethodConfig, ModelConfig
 from mlbseg.seg.model import build_model, size_divisor
-from mlbseg.seg.step import PeerNetwork, SegmentationStep, robust_loss_for
+from mlbseg.seg.peers import PeerNetwork
+from mlbseg.seg.step import SegmentationStep, robust_loss_for
 
 SIZE, TRAIN_SLICES, META_SLICES = 144, 1, 2
 MODEL = ModelConfig(encoder="resnet18", encoder_depth=4, decoder_channels=(32, 32, 16, 16))

@@ -6,14 +6,15 @@ drops consistency and EMA, ``l2rw`` also β and the views; ``views_meta`` is ``m
 weights (the mean cost of the views); ``baseline`` trains on the mean cost of the noisy labels,
 ``baseline_plus_meta`` adds the meta-batch step; ``gce``, ``mae``, ``nr_dice`` and ``tloss`` train on a
 robust loss of the noisy labels instead (:class:`mlbseg.seg.losses.RobustLoss`); ``coteaching`` and
-``trinet`` train two or three networks on the pixels the others select (:mod:`mlbseg.seg.selection`),
+``trinet`` train two or three networks on the pixels the others select
+(:func:`mlbseg.seg.peers.selection_step`),
 ``clslsr`` smooths the labels at confident-learning label errors, ``adele`` trains on the mean cost of labels
 that the run corrects after each class's early-learning turning point (the step counts each class's
 training IoU for it, :meth:`SegmentationStep.class_overlap`), at three input scales with their multi-scale
 consistency (:meth:`SegmentationStep.multiscale_loss`); ``dast`` trains a clean branch (the first
 network) on the clean meta batch and a noisy branch on the noisy labels, except those its divergence-aware
 scores rank noisiest, where the branches' consistency replaces the label, and it refines the least noisy
-labels into supplementary targets of the clean branch (:meth:`SegmentationStep.dast_state_dict`). Which
+labels into supplementary targets of the clean branch (:func:`mlbseg.seg.peers.dast_step`). Which
 parts a method uses is its registry entry (:data:`mlbseg.seg.config.METHODS`), not a subclass.
 Everything stays on the training device; the returned statistics are device tensors, read only when logged.
 
@@ -53,7 +54,6 @@ from torch import nn
 from mlbseg.engine.distributed import SINGLE, Distributed
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.engine.optim import apply_update, autocast_to
-from mlbseg.errors import UserError
 from mlbseg.meta import bootstrap_weights, resolve_normalizer_name
 from mlbseg.seg.augment import random_flip_rotate
 from mlbseg.seg.config import DataConfig, MethodConfig
@@ -61,21 +61,13 @@ from mlbseg.seg.consistency import multiview_consistency
 from mlbseg.seg.label_space import foreground_dice, hard_labels, label_maps, label_space
 from mlbseg.seg.losses import RobustLoss, class_probabilities, pixel_cross_entropy
 from mlbseg.seg.multiscale import forward_at_scale, multiscale_consistency
+from mlbseg.seg.peers import NoisinessMemory, PeerNetwork, dast_step, selection_step
 from mlbseg.seg.selection import (
     class_log_probabilities,
     class_overlaps,
     confident_label_errors,
-    coteaching_masks,
     forget_rate,
-    kl_divergence_map,
-    masked_mean,
-    noisiness_scores,
-    ranked_extremes,
-    refined_labels,
-    sharpen,
-    sigmoid_rampup,
     smoothed_targets,
-    trinet_masks,
 )
 from mlbseg.seg.views import NUM_VIEWS, ViewParams, average_pseudo_labels, make_views
 
@@ -111,14 +103,6 @@ class Batch:
     reference: torch.Tensor
     views: ViewParams | None
     has_reference: torch.Tensor | None = None
-
-
-@dataclass
-class PeerNetwork:
-    """A further network of a method that trains several (co-teaching, Tri-Net), with its own optimizer."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
 
 
 class SegmentationStep:
@@ -180,7 +164,11 @@ class SegmentationStep:
         ]
         self.keep_share = 1.0  # 1 − the epoch's forget rate (co-teaching, Tri-Net)
         self._overlap: torch.Tensor | None = None  # adele: [2, K − 1] the epoch's sums so far
-        self._noisiness: torch.Tensor | None = None  # dast: [n ≤ method.dast_queue] the last samples' scores
+        self.noisiness = (  # dast: the memory of the last samples' noisiness scores
+            NoisinessMemory(method.dast_queue, method.dast_select_share, dist)
+            if method.rule == "dast"
+            else None
+        )
         self.epoch = 0  # the (0-based) epoch being trained (begin_epoch)
         # dast: epochs of the sigmoid ramp-up of its regularisers (null in the config: the whole run)
         ramp = method.dast_ramp_epochs
@@ -250,10 +238,10 @@ class SegmentationStep:
     def __call__(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
         """One iteration; ``meta_weighting`` is False during warm-up (plain mean cost, no correction)."""
         if self.method.rule == "dast":
-            return self._dast_step(batch, meta, meta_weighting)
+            return dast_step(self, batch, meta, meta_weighting)
         if self.peers:
-            return self._selection_step(batch)
-        logits = self._forward(batch.images)  # [V, C, h, w]
+            return selection_step(self, batch)
+        logits = self.forward_logits(batch.images)  # [V, C, h, w]
         probs = self.labels.probabilities(logits)
         extra = self.extra_loss(batch)
         stats: dict[str, torch.Tensor] = {}
@@ -277,7 +265,7 @@ class SegmentationStep:
         if self.method.rule == "adele":
             overlap = class_overlaps(hard_labels(probs.detach()), batch.labels, self.labels.num_labels)
             self._overlap = overlap if self._overlap is None else self._overlap + overlap
-        self._apply(loss)
+        self.update(loss)
         stats["loss"] = loss.detach()
         stats["train_dice_reference"] = self.reference_dice(probs.detach(), batch)
         if self.method.trains_on_meta_batch:
@@ -313,7 +301,7 @@ class SegmentationStep:
         ``method.adele_consistency_weight``.
         """
         scaled = [logits] + [
-            forward_at_scale(self._forward, images, scale, self.size_divisor)
+            forward_at_scale(self.forward_logits, images, scale, self.size_divisor)
             for scale in self.method.adele_scales
         ]  # S × [V, C, h, w]
         costs = sum(self.labels.costs(scale_logits, labels).mean() for scale_logits in scaled)
@@ -337,130 +325,6 @@ class SegmentationStep:
         if logits.shape[1] == 1:
             targets = targets[:, 1:]  # the foreground probability
         return pixel_cross_entropy(logits, targets).mean()
-
-    def _selection_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Co-teaching or Tri-Net: every network steps on the pixels the others select for it.
-
-        Each network's per-pixel costs on the same augmented batch give the small-loss pixels
-        (``keep_share`` of the process's batch); co-teaching trains each of the two on its peer's,
-        Tri-Net each of the three on those its two peers agree on (:mod:`mlbseg.seg.selection`). The loss
-        of a network is its mean cost over its selected pixels.
-        """
-        forwards = [self.forward_model, *self.peer_forward_models]
-        logits = [self._forward(batch.images, forward) for forward in forwards]  # each [V, C, h, w]
-        costs = [self.labels.costs(net_logits, batch.labels) for net_logits in logits]
-        if self.method.rule == "coteaching":
-            masks = list(coteaching_masks(costs[0], costs[1], self.keep_share))
-        else:
-            predictions = [hard_labels(self.labels.probabilities(net.detach())) for net in logits]
-            masks = trinet_masks(costs, predictions, self.keep_share)
-        losses = [masked_mean(cost, mask) for cost, mask in zip(costs, masks, strict=True)]
-        self._apply(losses[0])
-        for peer, loss in zip(self.peers, losses[1:], strict=True):
-            self._apply(loss, peer)
-        probs = self.labels.probabilities(logits[0].detach())
-        selected = torch.stack([mask.float().mean() for mask in masks]).mean()
-        return {
-            "loss": losses[0].detach(),
-            "selected_share": selected,
-            "train_dice_reference": self.reference_dice(probs, batch),
-        }
-
-    def _dast_step(self, batch: Batch, meta: Batch, meta_weighting: bool) -> dict[str, torch.Tensor]:
-        """DAST: a clean branch on the clean data, a noisy branch on the labels it does not rank noisiest.
-
-        Yang, Wang, Sun, Luo, Sun, Li, Wang & Zhang, "Learning COVID-19 Pneumonia Lesion Segmentation from
-        Imperfect Annotations via Divergence-Aware Selective Training", IEEE JBHI 2022. The first network
-        (the clean branch, the one evaluated) trains on the clean meta batch, the peer (the noisy branch)
-        on the noisy batch. Each noisy sample's label gets the clean branch's divergence-aware noisiness
-        score (:func:`~mlbseg.seg.selection.noisiness_scores`), ranked against the memory of the last
-        ``method.dast_queue`` samples' (:meth:`_rank_noisiness`). A *severely* noisy sample (top
-        ``method.dast_select_share``) does not train the noisy branch on its label; instead the two
-        branches are pulled together on it, each toward the other's detached prediction, with weight
-        ½·``method.dast_consistency_weight`` (dual-branch consistency). A *slightly* noisy sample (bottom
-        share) also trains the clean branch: the mean |p − t| of its class probabilities against the
-        sharpened vote t of both branches' predicted classes and the label (supplementary training,
-        ``method.dast_supplementary_weight``). Both weights follow the epoch's sigmoid ramp-up
-        (:meth:`begin_epoch`); the regularisers are means over the batch, unselected samples counting 0.
-        During warm-up (``meta_weighting`` False) no sample is ranked into either share (the memory still
-        fills). The choices are tensors, so a step has no host sync.
-        """
-        method, space = self.method, self.labels
-        count = len(meta.images)
-        clean_net, noisy_net = self.forward_model, self.peer_forward_models[0]
-        both = self._forward(torch.cat([meta.images, batch.images]), clean_net)  # [M + B, C, h, w]
-        meta_logits, clean_logits = both[:count], both[count:]
-        noisy_logits = self._forward(batch.images, noisy_net)  # [B, C, h, w]
-        clean_log_probs = class_log_probabilities(clean_logits)  # [B, K, h, w]
-        noisy_log_probs = class_log_probabilities(noisy_logits)
-        clean_target, noisy_target = clean_log_probs.detach(), noisy_log_probs.detach()
-        labels = batch.labels[:, 0].long()  # [B, h, w]
-        scores = noisiness_scores(clean_target, noisy_target, labels, method.dast_divergence_scale)  # [B]
-        severe_all, slight_all = (share & meta_weighting for share in self._rank_noisiness(scores))  # [W·B]
-        mine = slice(self.dist.rank * len(scores), (self.dist.rank + 1) * len(scores))
-        severe, slight = severe_all[mine], slight_all[mine]  # [B] this process's samples
-
-        def per_sample(values: torch.Tensor) -> torch.Tensor:
-            return values.flatten(1).mean(dim=1)  # [B]
-
-        weight = sigmoid_rampup(self.epoch, self.dast_ramp_epochs)
-        consistency = 0.5 * weight * method.dast_consistency_weight
-        # the mean over the global batch's kept samples, as a share of a global sum (see the module doc)
-        kept_costs = (per_sample(space.costs(noisy_logits, batch.labels)) * ~severe).sum()
-        kept_labels = self.dist.world_size * kept_costs / (~severe_all).sum().clamp_min(1)
-        pulled_noisy = (per_sample(kl_divergence_map(clean_target, noisy_log_probs)) * severe).mean()
-        noisy_loss = kept_labels + consistency * pulled_noisy
-        target = sharpen(refined_labels(clean_target, noisy_target, labels), method.dast_temperature)
-        supplementary = (per_sample((clean_log_probs.exp() - target).abs()) * slight).mean()
-        meta_loss = space.costs(meta_logits, meta.labels).mean()
-        clean_loss = (
-            meta_loss
-            + consistency * (per_sample(kl_divergence_map(noisy_target, clean_log_probs)) * severe).mean()
-            + weight * method.dast_supplementary_weight * supplementary
-        )
-        self._apply(clean_loss)
-        self._apply(noisy_loss, self.peers[0])
-        probs = space.probabilities(clean_logits.detach())
-        return {
-            "loss": clean_loss.detach(),
-            "noisy_branch_loss": noisy_loss.detach(),
-            "noisiness": scores.mean(),
-            "severe_share": severe.float().mean(),
-            "slight_share": slight.float().mean(),
-            "train_dice_reference": self.reference_dice(probs, batch),
-            "meta_loss": meta_loss.detach(),
-        }
-
-    def _rank_noisiness(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rank the global batch's scores among the memory's: (severe [W·B] bool, slight [W·B] bool).
-
-        ``scores`` are this process's [B]. Every process's scores join the memory (a FIFO of the last
-        ``method.dast_queue`` samples' scores, the global batch in rank order), so that all processes
-        rank alike; the ranking set is the last max(queue, global batch) scores, the current ones included
-        (:func:`~mlbseg.seg.selection.ranked_extremes`).
-        """
-        everyone = self.dist.all_gather(scores)  # [W·B]
-        queue = self._noisiness
-        ranking = everyone if queue is None else torch.cat([queue, everyone])
-        ranking = ranking[-max(self.method.dast_queue, len(everyone)) :]
-        self._noisiness = ranking[-self.method.dast_queue :]
-        return ranked_extremes(ranking, everyone, self.method.dast_select_share)
-
-    def dast_state_dict(self) -> dict[str, torch.Tensor | None]:
-        """``dast``'s memory: ``noisiness`` [n] float32 on the CPU, oldest first (None before a step)."""
-        queue = self._noisiness
-        return {"noisiness": None if queue is None else queue.cpu().clone()}
-
-    def load_dast_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
-        """Continue from :meth:`dast_state_dict` (the memory on the first network's device)."""
-        if "noisiness" not in state:  # written before DAST ranked samples (a queue of batch divergences)
-            raise UserError(
-                "last.pt: its dast state comes from an earlier mlbseg whose dast ranked whole batches; "
-                "resuming would change the method mid-run: start the run again in a new folder"
-            )
-        queue = state["noisiness"]
-        device = next(self.model.parameters()).device
-        self._noisiness = None if queue is None else queue.to(device)
 
     def reference_dice(self, probs: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Batch Dice of the hard prediction against the clean reference, mean over the foreground classes.
@@ -505,13 +369,13 @@ class SegmentationStep:
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """[V, C, h, w] probabilities (sigmoid or softmax) in train mode, without gradients (inspection)."""
-        return self.labels.probabilities(self._forward(images))
+        return self.labels.probabilities(self.forward_logits(images))
 
     def _autocast(self, images: torch.Tensor) -> contextlib.AbstractContextManager:
         """Autocast to ``amp_dtype`` for a real forward of ``images``; nothing without AMP."""
         return autocast_to(self.amp_dtype, images.device.type)
 
-    def _forward(self, images: torch.Tensor, forward_model: nn.Module | None = None) -> torch.Tensor:
+    def forward_logits(self, images: torch.Tensor, forward_model: nn.Module | None = None) -> torch.Tensor:
         """[V, C, h, w] float32 logits of the real step's model (compiled if enabled) under autocast.
 
         ``forward_model`` is a peer's (default: the first network's).
@@ -553,15 +417,15 @@ class SegmentationStep:
 
     def _meta_step(self, meta: Batch) -> torch.Tensor:
         """The supervised step on the clean meta batch (the reference's step 6)."""
-        logits = self._forward(meta.images)
+        logits = self.forward_logits(meta.images)
         loss = self.labels.costs(logits, meta.labels).mean()
         extra = self.extra_loss(meta)
         if extra is not None:
             loss = loss + extra(logits)
-        self._apply(loss)
+        self.update(loss)
         return loss.detach()
 
-    def _apply(self, loss: torch.Tensor, peer: PeerNetwork | None = None) -> None:
+    def update(self, loss: torch.Tensor, peer: PeerNetwork | None = None) -> None:
         """Backward, average the gradients over the processes, clip, optimizer step, teacher update.
 
         With ``peer``, the peer network's own update (its optimizer; no teacher) instead of the first's.

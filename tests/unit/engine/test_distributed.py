@@ -21,7 +21,8 @@ from mlbseg.engine.distributed import SINGLE, Distributed, distributed_session, 
 from mlbseg.engine.ema import EMATeacher
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, EMAConfig, MethodConfig, ViewsConfig
-from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
+from mlbseg.seg.peers import PeerNetwork
+from mlbseg.seg.step import Batch, SegmentationStep
 from mlbseg.seg.views import ViewParams, make_views
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -210,7 +211,7 @@ def _dast_iteration(dist: Distributed) -> dict:
     stats.pop("train_dice_reference")
     return {
         "params": [param.detach().clone() for model in models for param in model.parameters()],
-        "memory": step.dast_state_dict()["noisiness"],
+        "memory": step.noisiness.state_dict()["noisiness"],
         "stats": {name: float(value) for name, value in dist.mean_values(stats).items()},
     }
 

@@ -8,7 +8,8 @@ property test still passes. If a change is meant to alter them, recompute them (
 in the commit.
 
 Precision: parameters, inputs and the meta engine are float64, but the step's real forwards return float32
-logits (``SegmentationStep._forward`` casts, as it does for AMP), so the loss terms carry float32 rounding.
+logits (``SegmentationStep.forward_logits`` casts, as it does for AMP), so the loss terms carry float32
+rounding.
 Measured spread between ATen's scalar and its AVX2/AVX-512 CPU kernels (``ATEN_CPU_CAPABILITY``): at most
 2e-9 relative; ``REL`` = 1e-7. The changes this file is meant to catch move the numbers far more: halving the
 consistency weight moves ``loss_0`` by 1.9e-3, halving the EMA weight by 1.5e-3 (relative).

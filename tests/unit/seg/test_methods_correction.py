@@ -23,6 +23,7 @@ from mlbseg.config import load_config
 from mlbseg.engine.distributed import SINGLE
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
+from mlbseg.seg.correction import EarlyLearningCorrection
 from mlbseg.seg.data import SliceSet
 from mlbseg.seg.multiscale import forward_at_scale, multiscale_consistency, rescaled_size
 from mlbseg.seg.selection import (
@@ -33,7 +34,7 @@ from mlbseg.seg.selection import (
     fit_early_learning_curve,
 )
 from mlbseg.seg.step import Batch, SegmentationStep
-from mlbseg.seg.trainer import EarlyLearningCorrection, SegmentationRun
+from mlbseg.seg.trainer import SegmentationRun
 
 from ._prepared import write_prepared
 from ._runs import build, config, through_torch_save

@@ -19,6 +19,7 @@ from torch import nn
 
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
+from mlbseg.seg.peers import PeerNetwork
 from mlbseg.seg.selection import (
     class_log_probabilities,
     kl_divergence_map,
@@ -30,7 +31,7 @@ from mlbseg.seg.selection import (
     sharpen,
     sigmoid_rampup,
 )
-from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
+from mlbseg.seg.step import Batch, SegmentationStep
 from mlbseg.seg.trainer import SegmentationRun
 
 from ._prepared import write_prepared
@@ -39,6 +40,7 @@ from ._runs import build, config, through_torch_save
 pytestmark = pytest.mark.usefixtures("restore_determinism", "one_thread")
 
 LR = 0.1
+CPU = torch.device("cpu")
 
 
 # ------------------------------------------------------------------------------------------ the rules
@@ -209,7 +211,7 @@ def test_the_dast_step_drops_severe_labels_and_adds_consistency_and_supplementar
     scores = noisiness_scores(clean_targets, noisy_targets, labels, 16.0)
     assert scores[0] != scores[1]
     # eight earlier scores between the two: of ten, the higher one is severe, the lower one slight
-    step.load_dast_state_dict({"noisiness": torch.full((8,), float(scores.mean()))})
+    step.noisiness.load_state_dict({"noisiness": torch.full((8,), float(scores.mean()))}, CPU)
     severe = scores == scores.max()
     slight = ~severe
     weight = math.exp(-5 * (1 - epoch / ramp_epochs) ** 2) if ramp_epochs else 1.0
@@ -243,7 +245,7 @@ def test_the_dast_step_drops_severe_labels_and_adds_consistency_and_supplementar
 def test_in_warm_up_no_sample_is_selected():
     step, reference = _step(2), _step(2)
     batch, meta = _hand_batch(2), _hand_batch(2, seed=2)
-    step.load_dast_state_dict({"noisiness": torch.full((8,), 0.3)})
+    step.noisiness.load_state_dict({"noisiness": torch.full((8,), 0.3)}, CPU)
     clean, noisy = copy.deepcopy(step.model), copy.deepcopy(step.peers[0].model)
     _sgd(clean, lambda net: step.labels.costs(net(meta.images), meta.labels).mean())
     _sgd(noisy, lambda net: step.labels.costs(net(batch.images), batch.labels).mean())
@@ -251,8 +253,8 @@ def test_in_warm_up_no_sample_is_selected():
     assert float(warm["severe_share"]) == 0.0 == float(warm["slight_share"])
     _assert_same(step.model, clean)
     _assert_same(step.peers[0].model, noisy)
-    assert len(step.dast_state_dict()["noisiness"]) == 10  # the memory still fills
-    assert reference.dast_state_dict() == {"noisiness": None}
+    assert len(step.noisiness.state_dict()["noisiness"]) == 10  # the memory still fills
+    assert reference.noisiness.state_dict() == {"noisiness": None}
 
 
 def test_the_memory_keeps_the_last_dast_queue_scores_oldest_first():
@@ -264,12 +266,12 @@ def test_the_memory_keeps_the_last_dast_queue_scores_oldest_first():
         noisy = class_log_probabilities(step.peers[0].model(batch.images)).detach()
         scores += noisiness_scores(clean, noisy, batch.labels[:, 0].long(), 16.0).tolist()
         step(batch, _hand_batch(2, 9), True)
-    assert step.dast_state_dict()["noisiness"].tolist() == pytest.approx(scores[-3:], rel=1e-5)
+    assert step.noisiness.state_dict()["noisiness"].tolist() == pytest.approx(scores[-3:], rel=1e-5)
 
 
 def test_a_memory_of_the_earlier_per_batch_dast_is_refused():
     with pytest.raises(UserError, match=r"last\.pt: its dast state"):
-        _step(2).load_dast_state_dict({"divergences": torch.zeros(3)})
+        _step(2).noisiness.load_state_dict({"divergences": torch.zeros(3)}, CPU)
 
 
 # ------------------------------------------------------------------------------------------ in a run
@@ -321,7 +323,7 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
     for _ in range(2):
         resumed.train_step()
     assert torch.equal(
-        resumed.step.dast_state_dict()["noisiness"], straight.step.dast_state_dict()["noisiness"]
+        resumed.step.noisiness.state_dict()["noisiness"], straight.step.noisiness.state_dict()["noisiness"]
     )
     for mine, theirs in ((resumed.model, straight.model), (resumed.peers[0].model, peer.model)):
         for name, tensor in mine.state_dict().items():

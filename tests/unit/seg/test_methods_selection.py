@@ -18,6 +18,7 @@ from torch import nn
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
 from mlbseg.seg.losses import pixel_cross_entropy
+from mlbseg.seg.peers import PeerNetwork
 from mlbseg.seg.selection import (
     confident_label_errors,
     coteaching_masks,
@@ -27,7 +28,7 @@ from mlbseg.seg.selection import (
     smoothed_targets,
     trinet_masks,
 )
-from mlbseg.seg.step import Batch, PeerNetwork, SegmentationStep
+from mlbseg.seg.step import Batch, SegmentationStep
 from mlbseg.seg.trainer import SegmentationRun
 
 from ._prepared import write_prepared
