@@ -144,3 +144,22 @@ def test_resuming_with_another_number_of_processes_is_refused(prepared, finished
     result = runner.invoke(app, [*args, "--set", "train.epochs=3", "--run-dir", str(finished), "--resume"])
     assert result.exit_code == 2
     assert "torchrun --nproc-per-node 2" in result.output
+
+
+@pytest.mark.parametrize("method", ["coteaching", "trinet", "dast"])
+def test_the_methods_with_several_networks_train_on_two_processes(prepared, tmp_path, method):
+    """Their peers are built, stepped (gradients averaged) and checkpointed on every process alike."""
+    run_dir = tmp_path / method
+    code, output = _finish(_torchrun(prepared, run_dir, "--set", f"method.name={method}"))
+    assert code == 0, output
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert last["world_size"] == 2
+    assert len(last["peers"]) == {"coteaching": 1, "trinet": 2, "dast": 1}[method]
+    if method == "dast":
+        assert len(last["dast"]["noisiness"]) == 12  # 3 epochs × 2 steps × 2 processes × 1 slice, under 20
+    final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)
+    assert "peers" not in final  # the first network is the one evaluated
+    assert final["model"].keys() == last["model"].keys()
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert all(float(row["loss"]) == float(row["loss"]) for row in rows)  # no NaN
