@@ -133,6 +133,7 @@ def load_config(schema: type[T], path: str | Path | None, overrides: Sequence[st
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
         _assign(values, key.strip().split("."), _parse_value(item, raw))
+    if overrides:
         source = f"{source} (with --set)"
     return _build(schema, values, prefix="", source=source)
 

@@ -296,7 +296,7 @@ def _replacing(out: Path, console: Console) -> Iterator[None]:
 
 
 def _synth(out: Path, data: DemoData, jobs: int) -> None:
-
+    """The phantoms of ``data`` in ``out/raw`` (skipped when an earlier call wrote them)."""
     if (out / "raw").is_dir():  # written atomically: present means complete
         return
     write_phantoms(
@@ -311,7 +311,7 @@ def _synth(out: Path, data: DemoData, jobs: int) -> None:
 
 
 def _prepare(out: Path, data: DemoData, jobs: int) -> None:
-
+    """``out/split.yaml`` and the prepared dataset in ``out/prepared`` (skipped when already written)."""
     split_file = out / "split.yaml"
     write_text_atomic(split_file, yaml.safe_dump(data.split(), default_flow_style=None))
     if (out / "prepared").is_dir():  # written atomically: present means complete

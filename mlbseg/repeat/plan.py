@@ -209,6 +209,7 @@ def _existing_state(task: RepeatTask, cfg: Any, run_dir: Path, *, queued: bool) 
 
 
 def _differing_keys(given: Any, saved: Any) -> list[str]:
+    """The dotted config keys whose value in ``given`` differs from ``saved``'s."""
 
     def flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         items: dict[str, Any] = {}

@@ -64,6 +64,14 @@ def test_bad_values_name_the_key(override, message):
         load_config(SegConfig, None, [override])
 
 
+def test_an_error_names_the_file_and_the_overrides_once(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.1\n")
+    with pytest.raises(UserError) as raised:
+        load_config(SegConfig, path, ["optim.lr=0.01", "train.epochs=2", "train.threads=1"])
+    assert str(raised.value).startswith(f"{path} (with --set): unknown config key 'train.threads'")
+
+
 def test_unreadable_yaml_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("optim: [unclosed\n")
