@@ -48,7 +48,9 @@ class MethodTraits:
     meta_batch_step: bool = False  # the extra supervised step on the clean meta batch
     # The selection or correction rule of mlbseg.seg.selection (one of SELECTION_RULES), None for none.
     rule: str | None = None
-    networks: int = 1  # networks trained together (co-teaching 2, Tri-Net 3); the first is evaluated
+    networks: int = 1  # networks trained together (co-teaching 2, Tri-Net 3, DAST 2)
+    # The evaluated model: the first network, or (True) the mean of every network's logits (DAST)
+    evaluates_mean: bool = False
 
 
 # The selection and correction rules (docs/method.md §5.3): several networks that select pixels for each
@@ -81,7 +83,7 @@ METHODS: dict[str, MethodTraits] = {
     "adele": MethodTraits(rule="adele"),  # Liu et al., CVPR 2022 (adaptive early-learning correction)
     # Yang et al., IEEE JBHI 2022 (divergence-aware selective training); the meta batch is the clean data
     # of its clean branch (the first network)
-    "dast": MethodTraits(rule="dast", networks=2, meta_batch_step=True),
+    "dast": MethodTraits(rule="dast", networks=2, meta_batch_step=True, evaluates_mean=True),
 }
 
 
@@ -248,8 +250,13 @@ class MethodConfig:
 
     @property
     def networks(self) -> int:
-        """How many networks the method trains (the first is the one evaluated)."""
+        """How many networks the method trains."""
         return self.traits.networks
+
+    @property
+    def evaluated_networks(self) -> int:
+        """How many networks the evaluated model averages: all for DAST, else 1 (the first)."""
+        return self.traits.networks if self.traits.evaluates_mean else 1
 
     @property
     def noisy_loss(self) -> str:

@@ -29,7 +29,7 @@ from mlbseg.prep.manifest import label_names, load_manifest
 from mlbseg.seg.config import SegConfig
 from mlbseg.seg.data import data_record, load_volumes
 from mlbseg.seg.inference import predict_probabilities
-from mlbseg.seg.model import build_model, output_channels
+from mlbseg.seg.model import LogitMean, build_model, output_channels
 
 
 def model_data(cfg: SegConfig, state: dict[str, Any], prepared: Path | None = None) -> dict[str, Any]:
@@ -60,20 +60,40 @@ def load_trained_model(
 
     The network takes ``len(channels)`` input channels and gives ``output_channels(K)`` logit maps, both
     from the model's data record (:func:`model_data`, which needs ``prepared`` only for checkpoints without
-    one). The returned checkpoint state always holds that record under ``data``.
+    one). For a method that evaluates the mean of its networks (``dast``) the model is their
+    :class:`~mlbseg.seg.model.LogitMean`. The returned checkpoint state always holds the record under
+    ``data``.
     """
     cfg, state = load_run_checkpoint(SegConfig, run_dir, checkpoint, map_location=device)
     state["data"] = record = model_data(cfg, state, prepared)
-    model = build_model(
-        dataclasses.replace(cfg.model, encoder_weights=None),  # weights: below
-        in_channels=len(record["channels"]),
-        classes=output_channels(len(record["labels"])),
-    ).to(device)
+    networks = [
+        build_model(
+            dataclasses.replace(cfg.model, encoder_weights=None),  # weights: below
+            in_channels=len(record["channels"]),
+            classes=output_channels(len(record["labels"])),
+        )
+        for _ in range(cfg.method.evaluated_networks)
+    ]
+    model = (networks[0] if len(networks) == 1 else LogitMean(networks)).to(device)
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(evaluated_weights(state, len(networks)))
     except RuntimeError:
         raise UserError(f"{run_dir} ({checkpoint}): weights do not fit the run's model config") from None
     return cfg, model.eval(), state
+
+
+def evaluated_weights(state: dict[str, Any], networks: int) -> dict[str, torch.Tensor]:
+    """The evaluated model's state dict from a checkpoint: ``model``, or the ``networks`` networks' as one.
+
+    ``final.pt`` holds the evaluated model itself; ``last.pt`` the first network's ``model`` and the peers'
+    (``peers``), which a :class:`~mlbseg.seg.model.LogitMean` of ``networks`` takes as ``networks.<i>.``.
+    """
+    if networks == 1 or "peers" not in state:
+        return state["model"]
+    weights = [state["model"], *(peer["model"] for peer in state["peers"])][:networks]
+    return {
+        f"networks.{index}.{key}": value for index, net in enumerate(weights) for key, value in net.items()
+    }
 
 
 def _check_same_data(record: dict[str, Any], manifest: dict[str, Any], prepared: Path) -> None:

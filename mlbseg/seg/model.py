@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,6 +66,23 @@ def size_divisor(cfg: ModelConfig) -> int:
     if cfg.arch == "nested_unet":
         return 2 ** (len(cfg.features or NESTED_UNET_FEATURES) - 1)
     return 2**cfg.encoder_depth
+
+
+class LogitMean(nn.Module):
+    """The mean of several networks' logits: [N, C, H, W] images → [N, C_out, H, W] logits.
+
+    DAST's evaluated model (Yang et al., IEEE JBHI 2022; docs/method.md §5.3): the mean of its clean and
+    noisy branches' outputs, as PyMIC's dual-branch network gives in eval mode. Its state dict holds each
+    network's under ``networks.<i>.``.
+    """
+
+    def __init__(self, networks: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.networks = nn.ModuleList(networks)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """[N, C_out, H, W]: the networks' logits averaged."""
+        return torch.stack([network(images) for network in self.networks]).mean(dim=0)
 
 
 def build_model(cfg: ModelConfig, in_channels: int = 1, classes: int = 1) -> nn.Module:

@@ -61,7 +61,7 @@ from mlbseg.seg.data import (
     training_label_key,
 )
 from mlbseg.seg.inference import validation_dice
-from mlbseg.seg.model import build_model, output_channels, size_divisor
+from mlbseg.seg.model import LogitMean, build_model, output_channels, size_divisor
 from mlbseg.seg.peers import PeerNetwork
 from mlbseg.seg.step import SegmentationStep, robust_loss_for
 from mlbseg.seg.tensorboard import overlay_of_volume
@@ -151,6 +151,9 @@ class SegmentationRun:
                 runtime.place_model(build_model(cfg.model, **shape)) for _ in range(cfg.method.networks - 1)
             )
         ]
+        # What validation, the overlays and final.pt see: the first network, or all networks' mean (dast)
+        networks = [self.model, *(peer.model for peer in self.peers)][: cfg.method.evaluated_networks]
+        self.evaluated = self.model if len(networks) == 1 else LogitMean(networks)
         teacher = EMATeacher(self.model, cfg.method.ema.decay) if cfg.method.uses_ema else None
         generator = make_generator(self.dist.rank_seed(cfg.train.seed), device)  # augmentation, views
         self.stream_generator = make_generator(cfg.train.seed, device) if self.dist.enabled else generator
@@ -251,9 +254,10 @@ class SegmentationRun:
         if not self.dist.is_main:  # rank 0 alone validates and writes the row
             return {**{name: float("nan") for name in self._epoch_metric_names()}, **corrected}
         metrics = {**corrected}
-        metrics["meta_dice"] = validation_dice(step.model, self.meta_volumes, amp_dtype=step.amp_dtype)
+        evaluated = self.evaluated
+        metrics["meta_dice"] = validation_dice(evaluated, self.meta_volumes, amp_dtype=step.amp_dtype)
         if self.val_volumes is not None:
-            metrics["val_dice"] = validation_dice(step.model, self.val_volumes, amp_dtype=step.amp_dtype)
+            metrics["val_dice"] = validation_dice(evaluated, self.val_volumes, amp_dtype=step.amp_dtype)
         if self.cfg.train.select == "best_val":
             if self.best is None or metrics["val_dice"] > self.best["val_dice"]:
                 self.best = self._snapshot(self.epoch + 1, metrics["val_dice"])
@@ -265,12 +269,12 @@ class SegmentationRun:
         return names + (["best_epoch", "best_val_dice"] if self.cfg.train.select == "best_val" else [])
 
     def _snapshot(self, epoch: int, val_dice: float) -> dict[str, Any]:
-        """Copies of the student's (and teacher's) state after ``epoch``, for ``train.select: best_val``."""
+        """Copies of the evaluated model's (and the teacher's) state after ``epoch``, for ``best_val``."""
         teacher = self.step.teacher
         return {
             "epoch": epoch,
             "val_dice": val_dice,
-            "model": _copy(self.model.state_dict()),
+            "model": _copy(self.evaluated.state_dict()),
             "teacher": _copy(teacher.state_dict()) if teacher is not None else None,
         }
 
@@ -350,7 +354,7 @@ class SegmentationRun:
         step = self.step
         volume = (self.val_volumes or self.meta_volumes)[0]
         names = label_names(self.data_record)[1:]
-        figures = {"overlay": overlay_of_volume(step.model, volume, names, amp_dtype=step.amp_dtype)}
+        figures = {"overlay": overlay_of_volume(self.evaluated, volume, names, amp_dtype=step.amp_dtype)}
         if self.cfg.method.uses_meta_weights and self.meta_weighting:
             rows = live_weight_rows(step, self.cfg, self.train_set, self.meta_set, epoch=epoch)
             figures["weights"] = draw_weight_maps(rows)
@@ -359,8 +363,8 @@ class SegmentationRun:
     def final_state(self) -> dict[str, Any]:
         """The EMA teacher's weights (when enabled), the robust loss (ν) and the data record (``data``).
 
-        ``model`` is the first network's, also for the methods with several (the one evaluated); the peers
-        stay in ``last.pt``.
+        ``model`` is the evaluated model's: the first network's, also for co-teaching and Tri-Net (their peers
+        stay in ``last.pt``), or for ``dast`` the :class:`~mlbseg.seg.model.LogitMean` of both networks.
 
         With ``train.select: best_val`` the weights are the best epoch's: ``model`` and ``teacher`` replace
         the last epoch's, and ``selected_epoch`` / ``selected_val_dice`` say which epoch they are.
@@ -371,6 +375,8 @@ class SegmentationRun:
             "robust_loss": self.robust_loss.state_dict() if self.robust_loss is not None else None,
             "data": self.data_record,
         }
+        if self.evaluated is not self.model:
+            final["model"] = self.evaluated.state_dict()
         if self.best is not None:
             final.update(model=self.best["model"], teacher=self.best["teacher"])
             final.update(selected_epoch=self.best["epoch"], selected_val_dice=self.best["val_dice"])

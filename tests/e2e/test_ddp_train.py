@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from mlbseg.cli import app
+from mlbseg.seg.evaluate import evaluate_run
 
 from .processes import alive, descendants
 
@@ -158,8 +159,13 @@ def test_the_methods_with_several_networks_train_on_two_processes(prepared, tmp_
     if method == "dast":
         assert len(last["dast"]["noisiness"]) == 12  # 3 epochs × 2 steps × 2 processes × 1 slice, under 20
     final = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)
-    assert "peers" not in final  # the first network is the one evaluated
-    assert final["model"].keys() == last["model"].keys()
+    assert "peers" not in final
+    if method == "dast":  # the mean of both networks is evaluated
+        assert final["model"].keys() == {f"networks.{i}.{key}" for i in range(2) for key in last["model"]}
+    else:  # the first network is
+        assert final["model"].keys() == last["model"].keys()
+    # the last epoch's weights, read from last.pt (networks apart) and final.pt, score alike
+    assert evaluate_run(run_dir, "last")["mean"] == evaluate_run(run_dir, "final")["mean"]
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     assert all(float(row["loss"]) == float(row["loss"]) for row in rows)  # no NaN

@@ -19,6 +19,8 @@ from torch import nn
 
 from mlbseg.errors import UserError
 from mlbseg.seg.config import DataConfig, MethodConfig, SegConfig, check_config
+from mlbseg.seg.evaluate import evaluated_weights
+from mlbseg.seg.model import LogitMean
 from mlbseg.seg.peers import PeerNetwork
 from mlbseg.seg.selection import (
     class_log_probabilities,
@@ -329,3 +331,21 @@ def test_a_dast_run_checkpoints_its_queue_and_resumes_bit_for_bit(prepared, tmp_
         for name, tensor in mine.state_dict().items():
             assert torch.equal(tensor, theirs.state_dict()[name]), name
     assert "peers" not in resumed.final_state()
+
+
+def test_dast_evaluates_the_mean_of_its_two_branches(prepared, tmp_path):
+    run = _build(prepared, tmp_path)
+    run.begin_epoch(0)
+    run.train_step()
+    final = run.final_state()["model"]
+    assert {key.split(".")[1] for key in final} == {"0", "1"}  # networks.0.*, networks.1.*
+    assert isinstance(run.evaluated, LogitMean)
+    images = run.train_set.images[:2]
+    clean, noisy = run.model.eval(), run.peers[0].model.eval()
+    torch.testing.assert_close(run.evaluated.eval()(images), (clean(images) + noisy(images)) / 2)
+    # last.pt holds the first network and its peer apart: evaluate composes them into the same weights
+    last = {"model": run.model.state_dict(), "peers": [{"model": run.peers[0].model.state_dict()}]}
+    composed = evaluated_weights(last, 2)
+    assert composed.keys() == final.keys()
+    assert all(torch.equal(composed[key], final[key]) for key in final)
+    assert evaluated_weights({"model": final}, 2) is final  # final.pt: as saved
