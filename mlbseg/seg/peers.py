@@ -4,8 +4,9 @@ docs/method.md §5.3. Each function runs one iteration of its method with the pa
 :class:`~mlbseg.seg.step.SegmentationStep`: its networks (the first and its :class:`PeerNetwork` s), label
 space, forwards (:meth:`~mlbseg.seg.step.SegmentationStep.forward_logits`) and updates
 (:meth:`~mlbseg.seg.step.SegmentationStep.update`); the step dispatches to them by ``method.rule``. The
-rules themselves are the pure tensor functions of :mod:`mlbseg.seg.selection`. The first network is the
-one evaluated. Everything stays on the training device; the returned statistics are device tensors.
+rules themselves are the pure tensor functions of :mod:`mlbseg.seg.selection`. Co-teaching and Tri-Net
+evaluate the first network, DAST the mean of both (:class:`~mlbseg.seg.model.LogitMean`). Everything
+stays on the training device; the returned statistics are device tensors.
 """
 
 from __future__ import annotations
@@ -124,23 +125,22 @@ def dast_step(
     """DAST: a clean branch on the clean data, a noisy branch on the labels it does not rank noisiest.
 
     Yang, Wang, Sun, Luo, Sun, Li, Wang & Zhang, "Learning COVID-19 Pneumonia Lesion Segmentation from
-    Imperfect Annotations via Divergence-Aware Selective Training", IEEE JBHI 2022. The first network
-    (the clean branch, the one evaluated) trains on the clean meta batch, the peer (the noisy branch)
-    on the noisy batch. Each noisy sample's label gets the clean branch's divergence-aware noisiness
-    score (:func:`~mlbseg.seg.selection.noisiness_scores`), ranked against the memory of the last
-    ``method.dast_queue`` samples' (:class:`NoisinessMemory`, ``step.noisiness``). A *severely* noisy
-    sample (top ``method.dast_select_share``) does not train the noisy branch on its label; instead the
-    two branches are pulled together on it, each toward the other's detached prediction, with weight
-    ½·``method.dast_consistency_weight`` (dual-branch consistency). A *slightly* noisy sample (bottom
-    share) also trains the clean branch: the mean |p − t| of its class probabilities against the
-    sharpened vote t of both branches' predicted classes and the label (supplementary training,
-    ``method.dast_supplementary_weight``). Both weights follow the epoch's sigmoid ramp-up
-    (``step.epoch`` over ``step.dast_ramp_epochs``); the regularisers are means over the batch,
-    unselected samples counting 0. During warm-up (``meta_weighting`` False) no sample is ranked into
-    either share (the memory still fills). Across processes the kept labels' mean is over the global
-    batch's kept samples (this process's sum over their global count, times the number of processes), so
-    the averaged gradients are those of one process on the concatenated batch. The choices are tensors,
-    so a step has no host sync.
+    Imperfect Annotations via Divergence-Aware Selective Training", IEEE JBHI 2022. The first network (the
+    clean branch) trains on the clean meta batch, the peer (the noisy branch) on the noisy batch; the run
+    evaluates the mean of their logits. Each noisy sample's label gets the clean branch's divergence-aware
+    noisiness score (:func:`~mlbseg.seg.selection.noisiness_scores`), ranked against the memory of the last
+    ``method.dast_queue`` samples' (:class:`NoisinessMemory`, ``step.noisiness``). A *severely* noisy sample
+    (top ``method.dast_select_share``) does not train the noisy branch on its label; instead the two branches
+    are pulled together on it, each toward the other's detached prediction, with weight
+    ½·``method.dast_consistency_weight`` (dual-branch consistency). A *slightly* noisy sample (bottom share)
+    also trains the clean branch: the mean |p − t| of its class probabilities against the sharpened vote t of
+    both branches' predicted classes and the label (supplementary training,
+    ``method.dast_supplementary_weight``). Both weights follow the epoch's sigmoid ramp-up (``step.epoch``
+    over ``step.dast_ramp_epochs``); the regularisers are means over the batch, unselected samples counting 0.
+    During warm-up (``meta_weighting`` False) no sample is ranked into either share (the memory still fills).
+    Across processes the kept labels' mean is over the global batch's kept samples (this process's sum over
+    their global count, times the number of processes), so the averaged gradients are those of one process on
+    the concatenated batch. The choices are tensors, so a step has no host sync.
     """
     method, space, dist = step.method, step.labels, step.dist
     assert step.noisiness is not None

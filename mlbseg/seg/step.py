@@ -115,8 +115,8 @@ class SegmentationStep:
     process); ``compile_model`` runs the real steps' forwards through ``torch.compile(model)`` (the meta
     engine and the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
     ``peers`` are the further networks of a method with several (``method.networks`` − 1 of them), each
-    stepped by its own optimizer, clipped and averaged across processes as the first; the first network
-    (``model``) is the one evaluated. :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``,
+    stepped by its own optimizer, clipped and averaged across processes as the first (``model``).
+    :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``,
     starts the epoch's per-class counts of the training IoU afresh (:meth:`class_overlap`). ``epochs``
     is the run's length (``train.epochs``): ``dast`` ramps its regularisers over it unless
     ``method.dast_ramp_epochs`` says otherwise.
