@@ -116,11 +116,10 @@ class SegmentationStep:
     engine and the teacher keep the eager model: ``functional_call`` and forward-mode AD need it).
     ``peers`` are the further networks of a method with several (``method.networks`` − 1 of them), each
     stepped by its own optimizer, clipped and averaged across processes as the first (``model``).
-    :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``,
-    starts the epoch's per-class counts of the training IoU afresh (:meth:`class_overlap`). ``epochs``
-    is the run's length (``train.epochs``): ``dast`` ramps its regularisers over it unless
-    ``method.dast_ramp_epochs`` says otherwise.
-    ``size_divisor`` is what the network's input sides must be multiples of
+    :meth:`begin_epoch` sets the epoch's forget rate and, for ``adele``, starts the epoch's per-class
+    counts of the training IoU afresh (:meth:`class_overlap`). ``epochs`` is the run's length
+    (``train.epochs``): ``dast`` ramps its regularisers over it unless ``method.dast_ramp_epochs`` says
+    otherwise. ``size_divisor`` is what the network's input sides must be multiples of
     (:func:`~mlbseg.seg.model.size_divisor`): ``adele``'s rescaled inputs are rounded to it.
     """
 
