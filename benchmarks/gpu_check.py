@@ -16,16 +16,19 @@ On a machine with CUDA, ``python benchmarks/gpu_check.py`` runs these steps in o
 4. ``packing``: several runs per GPU (``repeat --per-gpu``): K = 1, 2, 4, 8 MLB-Seg workers at once on one
    GPU, each timing an epoch while the others run, for the demo-sized setting (``mlbseg/demo.yaml``,
    24 phantoms at 64²) and the PROMISE12-sized one; runs per hour = K × 3600 / (epochs × s per epoch).
+5. ``methods``: ``benchmarks/methods.py`` on the GPU: every segmentation method's seconds per step as a
+   multiple of the baseline's, in one process (docs/performance.md's CPU table, on CUDA).
 
 ``--budget-s`` (default 480: the check must fit 8 minutes of one H200) bounds the whole script: every child
 process runs with the time left as its timeout and is killed when it is up, the steps that no longer fit
 are listed as skipped, and whatever was measured is still reported and written. Steps run in the order
 above, so a short budget keeps the most important numbers.
 
-``--dry-run`` exercises every step on the CPU at toy size (6 small phantoms at 32², a 0.35 M-parameter
-model, a few steps, packing at K = 2) and writes to ``--out`` instead of docs/performance.md; the test
-suite runs it, so that the one call on a GPU machine is known to work. Without CUDA and without
-``--dry-run`` the script refuses (exit 2). Prints a table per step and one JSON line.
+``--dry-run`` exercises every step on the CPU at toy size (6 small phantoms at 32², a 0.35 M-parameter model,
+a few steps, packing at K = 2, the methods benchmark of the baseline and dast for one round) and writes to
+``--out`` instead of docs/performance.md; the test suite runs it, so that the one call on a GPU machine is
+known to work. Without CUDA and without ``--dry-run`` the script refuses (exit 2). Prints a table per step and
+one JSON line.
 
 Usage: ``python benchmarks/gpu_check.py [--budget-s 480] [--dry-run --out FILE] [--no-write]``.
 """
@@ -95,6 +98,8 @@ class Setting:
     packing: tuple[int, ...]  # runs per GPU
     packing_fraction: dict[str, float]  # per packing setting: share of an epoch timed
     precision_steps: int
+    methods: tuple[str, ...] | None = None  # the methods benchmark's methods (None: all)
+    methods_rounds: tuple[int, int] = (5, 2)  # its timed and warm-up rounds
     overrides: tuple[str, ...] = ()  # applied to every training process
     toy: bool = False
 
@@ -122,6 +127,8 @@ DRY = Setting(
     packing=(2,),
     packing_fraction={"promise12": 0.5},
     precision_steps=1,
+    methods=("baseline", "dast"),
+    methods_rounds=(1, 0),
     overrides=TOY_MODEL,
     toy=True,
 )
@@ -389,6 +396,16 @@ def packing(datasets: dict[str, Path], setting: Setting, budget: Budget) -> dict
     return results
 
 
+def method_steps(setting: Setting, budget: Budget) -> dict:
+    """``benchmarks/methods.py`` in a fresh process on this machine's device: its JSON record."""
+    iters, warmup = setting.methods_rounds
+    command = [sys.executable, str(BENCHMARKS / "methods.py"), "--no-write", "--iters", str(iters)]
+    command += ["--warmup", str(warmup)]
+    if setting.methods is not None:
+        command += ["--methods", ",".join(setting.methods)]
+    return last_json(run_processes([command], budget)[0])
+
+
 def _epochs(config: str | None, setting: Setting) -> int:
     """``train.epochs`` of a packing setting's config (the shipped promise12_mlbseg when None)."""
     from mlbseg.config import load_config, resolve_config_path
@@ -480,6 +497,17 @@ def render(results: dict, status: dict[str, str], setting: Setting) -> str:
         ]
         header = ["setting", "runs / GPU", "epochs", "s / epoch (each)", "runs / hour", "peak MiB / run"]
         parts.append("Several runs per GPU (MLB-Seg forward, bf16):\n\n" + _table(header, rows))
+    if "methods" in results:
+        m = results["methods"]
+        rows = [
+            [f"`{name}`", f"{seconds:.4f}", f"{m['x_baseline'][name]:.2f}"]
+            for name, seconds in m["seconds_per_step"].items()
+        ]
+        parts.append(
+            f"Segmentation methods on {m['device']} (`benchmarks/methods.py`: small UNet++ at 144², full "
+            f"precision, median of {m['iters']} rounds after {m['warmup']}):\n\n"
+            + _table(["method", "s / step", "× baseline"], rows)
+        )
     return "\n\n".join(parts)
 
 
@@ -506,6 +534,7 @@ def run_steps(setting: Setting, budget: Budget, scratch: Path) -> tuple[dict, di
         "train_grid": lambda: _grid_with_ratios(data()["promise12"], setting, budget),
         "precision": lambda: precision(data()["promise12"], setting, budget),
         "packing": lambda: packing(data(), setting, budget),
+        "methods": lambda: method_steps(setting, budget),
     }
     for name, step in steps.items():
         if budget.left() <= 0:

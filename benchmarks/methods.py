@@ -18,7 +18,10 @@ then ``--iters`` timed ones; median per method), in one process, so a shared mac
 hits every method alike. On CUDA each step ends with a synchronisation. Prints a table and one JSON
 line, and rewrites the ``methods`` section of docs/performance.md (``--no-write`` to skip).
 
-Usage: ``python benchmarks/methods.py [--device cpu|cuda] [--iters 5] [--warmup 1] [--threads 0]``
+``--methods`` times a subset (the baseline is always timed, first); a subset never rewrites the table.
+
+Usage: ``python benchmarks/methods.py [--device cpu|cuda] [--iters 5] [--warmup 1] [--threads 0]
+[--methods baseline,dast]``
 """
 
 from __future__ import annotations
@@ -94,9 +97,9 @@ def timed_step(step: SegmentationStep, train: tuple, meta: tuple, device: torch.
 def measure(args: argparse.Namespace) -> dict[str, float]:
     """The median seconds per step of every method, interleaved round by round."""
     device = torch.device(args.device)
-    steps = {name: build_step(name, device) for name in METHODS}
+    steps = {name: build_step(name, device) for name in args.methods}
     train, meta = slices(TRAIN_SLICES, 1, device), slices(META_SLICES, 2, device)
-    times: dict[str, list[float]] = {name: [] for name in METHODS}
+    times: dict[str, list[float]] = {name: [] for name in args.methods}
     names = list(steps)
     for round_index in range(args.warmup + args.iters):
         shift = round_index % len(names)  # each round starts with another method: no position favoured
@@ -138,6 +141,17 @@ def section_body(table: str, summary: dict, args: argparse.Namespace) -> str:
     )
 
 
+def _method_list(text: str) -> list[str]:
+    """``--methods``: the named methods in registry order, the baseline included."""
+    names = {name.strip() for name in text.split(",") if name.strip()} | {"baseline"}
+    unknown = sorted(names - set(METHODS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}"
+        )
+    return [name for name in METHODS if name in names]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,6 +159,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
+    parser.add_argument(
+        "--methods", type=_method_list, default=list(METHODS), help="comma list (default: all)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,7 +171,7 @@ def main() -> None:
     table, summary = report(measure(args), args)
     print(table)
     print_json(summary)
-    if not args.no_write:
+    if not args.no_write and args.methods == list(METHODS):
         update_section(
             "methods", "Segmentation methods: seconds per step", section_body(table, summary, args)
         )

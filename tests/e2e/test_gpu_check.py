@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-STEPS = ["gpu_tests", "train_grid", "precision", "packing"]
+STEPS = ["gpu_tests", "train_grid", "precision", "packing", "methods"]
 
 sys.path.insert(0, str(SCRIPT.parent))
 import gpu_check  # noqa: E402  (a script, not a package)
@@ -65,10 +65,14 @@ def test_dry_run_runs_every_step_and_writes_its_section(tmp_path):
     (packed,) = record["packing"].values()
     assert packed["runs_per_gpu"] == 2
     assert packed["runs_per_hour"] > 0
+    methods = record["methods"]
+    assert list(methods["seconds_per_step"]) == ["baseline", "dast"]
+    assert methods["x_baseline"]["baseline"] == 1.0 < methods["x_baseline"]["dast"]  # two networks
     text = out.read_text()
     assert text.count("<!-- bench:gpu_check -->") == 1
     assert "Training grid" in text
     assert "Several runs per GPU" in text
+    assert "Segmentation methods on cpu" in text
     assert "--dry-run" in text
 
 
