@@ -337,7 +337,7 @@ def ranked_extremes(ranking: Tensor, scores: Tensor, share: float) -> tuple[Tens
     Args:
         ranking: [n] the queue's scores, the current ones included.
         scores: [B] the scores to rank (the current samples').
-        share: In [0, 0.5] (top and bottom do not overlap).
+        share: In [0, 0.5] (top and bottom then share only scores tied with the rest of the queue).
 
     Returns:
         (top [B] bool, bottom [B] bool), on ``scores``' device (no host sync).
