@@ -1,7 +1,7 @@
 """Per-iteration time and peak memory of the meta-weighting engine against a plain training step.
 
-Three modes on the same model and batch (smp UNet++, resnet34 encoder, encoder_depth=4, decoder channels
-(256, 128, 64, 32), 1 channel in and out, 144x144; 5 training views, 10 meta views), each with two
+Three modes on the same model and batch (mlbseg's smp UNet++, resnet34 encoder, encoder_depth=4, decoder
+channels (256, 128, 64, 32), 1 channel in and out, 144x144; 5 training views, 10 meta views), each with two
 optimisers, SGD (lr 0.01, momentum 0.9, weight decay 5e-4) and AdamW (lr 1e-3, betas (0.9, 0.999),
 decoupled weight decay 1e-2), whose virtual steps the engine replicates from their state:
 
@@ -43,18 +43,14 @@ TRAIN_VIEWS, META_VIEWS, SIZE = 5, 10, 144
 
 def build(device: str, optimizer_name: str):
     """Model, optimiser and fixed batches (seeded: the same model and batches for both optimisers)."""
-    import segmentation_models_pytorch as smp
     import torch
 
+    from mlbseg.seg.config import ModelConfig
+    from mlbseg.seg.model import build_model
+
     torch.manual_seed(0)
-    model = smp.UnetPlusPlus(
-        "resnet34",
-        encoder_weights=None,
-        encoder_depth=4,
-        decoder_channels=(256, 128, 64, 32),
-        in_channels=1,
-        classes=1,
-    ).to(device)
+    model = build_model(ModelConfig(encoder="resnet34", encoder_depth=4, decoder_channels=(256, 128, 64, 32)))
+    model = model.to(device)
     if optimizer_name == "adamw":
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
     else:

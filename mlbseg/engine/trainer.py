@@ -176,8 +176,15 @@ class _Loop:
                 f"{self.dist.world_size}; resume with torchrun --nproc-per-node {saved_world}"
                 + (" (or without torchrun)" if saved_world == 1 else "")
             )
-        self.run.model.load_state_dict(state["model"])
-        self.run.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.run.model.load_state_dict(state["model"])
+            self.run.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as err:  # torch's messages for keys, shapes, parameter counts
+            raise UserError(
+                f"{self.run_dir / LAST}: its weights or optimizer state do not fit this run's network "
+                f"({' '.join(str(err).split())[:200]}); a last.pt from an earlier mlbseg whose network had "
+                "other parameters cannot be resumed: start the run again in a new folder"
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.run.load_state_dict(state)
         self.epoch, self.global_step, self.history = state["epoch"], state["global_step"], state["history"]

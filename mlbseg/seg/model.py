@@ -1,8 +1,9 @@
 """Segmentation networks: segmentation-models-pytorch's, and the reference's NestedUNet (docs/design.md §4.3).
 
 ``unetplusplus`` and ``unet`` are smp models with a configurable encoder. ``encoder_depth=4`` gives an output
-stride of 16, so 144×144 inputs work (depth 5 needs multiples of 32). smp is never asked for pretrained
-weights (it would download them); a local encoder state dict can be loaded instead. ``nested_unet`` is the
+stride of 16, so 144×144 inputs work (depth 5 needs multiples of 32); the backbone stages beyond the depth,
+which smp builds but never runs, are removed. smp is never asked for pretrained weights (it would download
+them); a local encoder state dict can be loaded instead. ``nested_unet`` is the
 published MLB-Seg code's network (docs/reference.md §6.14), written here from its description.
 """
 
@@ -179,9 +180,44 @@ def _build_smp_model(cfg: ModelConfig, in_channels: int, classes: int) -> nn.Mod
         in_channels=in_channels,
         classes=classes,
     )
+    drop_unused_stages(model.encoder, cfg.encoder_depth)
     if cfg.encoder_weights is not None:
         load_encoder_weights(model.encoder, Path(cfg.encoder_weights))
     return model
+
+
+def drop_unused_stages(encoder: nn.Module, depth: int) -> list[str]:
+    """Remove the encoder stages that an smp encoder of ``depth`` stages never runs; returns their names.
+
+    smp builds every stage of a backbone and runs only the first ``depth``: resnet34 at depth 4 keeps
+    ``layer4``, 13.1 M of UNet++'s 24.0 M parameters, that no forward touches. Such weights cost time in
+    everything that walks the parameters (the meta engine's gradients, the EMA teacher, the broadcast at
+    start) and bloat every checkpoint. A stage is dropped when the encoder's ``get_stages()`` (smp's map
+    from output stride to stage modules) lists it at a stride above 2**depth and it is a direct child of
+    the encoder (ResNet, ResNeXt, SE-Net, SK-Net, MobileOne, MiT); stages that are slices of one
+    ``nn.Sequential`` (EfficientNet, MobileNet, DPN) and timm encoders (built with their used stages
+    only) are left as they are. The output is unchanged. A state dict that still holds the dropped
+    stages' keys (a checkpoint from before they were dropped, a full backbone's weights) loads: a
+    load-state-dict pre-hook discards those keys.
+    """
+    try:
+        stages = encoder.get_stages()
+    except (AttributeError, NotImplementedError):
+        return []
+    unused = {id(module) for stride, modules in stages.items() if stride > 2**depth for module in modules}
+    names = [name for name, child in encoder.named_children() if id(child) in unused]
+    for name in names:
+        delattr(encoder, name)
+    if names:
+        prefixes = tuple(f"{name}." for name in names)
+
+        def discard_dropped(module, state_dict, prefix, *args) -> None:  # torch's pre-hook signature
+            for key in [key for key in state_dict if key.startswith(prefix)]:
+                if key[len(prefix) :].startswith(prefixes):
+                    del state_dict[key]
+
+        encoder.register_load_state_dict_pre_hook(discard_dropped)
+    return names
 
 
 class VGGBlock(nn.Sequential):

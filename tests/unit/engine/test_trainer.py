@@ -372,6 +372,25 @@ def test_resume_refuses_a_checkpoint_of_another_world_size(tmp_path):
     assert not is_locked(run_dir)
 
 
+def test_resume_refuses_in_one_line_an_optimizer_state_of_other_parameters(tmp_path):
+    # e.g. a last.pt written before smp encoders lost their unused last stage: one more parameter tensor
+    run_dir = tmp_path / "run"
+    cfg = make_cfg(epochs=3, steps=2)
+    with pytest.raises(Interrupted):
+        train(FakeTask(interrupt_at=3), cfg, run_dir)
+    state = load_checkpoint(run_dir / LAST)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = [*group["params"], len(group["params"])]
+    save_checkpoint(state, run_dir / LAST)
+    before = (run_dir / LAST).read_bytes()
+    with pytest.raises(UserError, match=r"last\.pt: its weights or optimizer state do not fit") as caught:
+        train(FakeTask(), cfg, run_dir, resume=True)
+    assert "\n" not in str(caught.value)
+    assert "new folder" in str(caught.value)
+    assert (run_dir / LAST).read_bytes() == before
+    assert not is_locked(run_dir)
+
+
 # ----------------------------------------------------------------------------------- the run folder's lock
 
 

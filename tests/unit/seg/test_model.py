@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 from mlbseg.config import load_config, resolve_config_path
 from mlbseg.engine.run_dir import save_config
 from mlbseg.errors import UserError
 from mlbseg.meta import bootstrap_weights
 from mlbseg.seg.config import ModelConfig, SegConfig, check_config
-from mlbseg.seg.model import NestedUNet, build_model, output_channels
+from mlbseg.seg.model import LogitMean, NestedUNet, build_model, output_channels
 
 SMALL = {"encoder": "resnet18", "decoder_channels": (16, 16, 8, 8)}
 
@@ -53,15 +56,16 @@ def test_unknown_names_list_the_choices():
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
 def test_local_rgb_weights_are_loaded_and_summed_to_one_channel(tmp_path, wrap):
-    source = _model(in_channels=3, **SMALL)
-    state = source.encoder.state_dict()
+    # a whole torchvision ResNet-18 (its classifier and the stage that depth 4 never runs included)
+    state = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "encoder.pt"
     torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
     model = _model(in_channels=1, encoder_weights=str(path), **SMALL)
     loaded = model.encoder.state_dict()
     torch.testing.assert_close(loaded["conv1.weight"], state["conv1.weight"].sum(dim=1, keepdim=True))
-    for key in ("layer4.1.conv2.weight", "bn1.running_var", "layer1.0.bn1.bias"):
+    for key in ("layer3.1.conv2.weight", "bn1.running_var", "layer1.0.bn1.bias"):
         torch.testing.assert_close(loaded[key], state[key])
+    assert not any(key.startswith(("layer4.", "fc.")) for key in loaded)
 
 
 def test_local_weights_same_channels_load_exactly(tmp_path):
@@ -87,6 +91,60 @@ def test_bad_weight_files_name_the_file(tmp_path):
     torch.save(_model(encoder="resnet34", decoder_channels=(16, 16, 8, 8)).encoder.state_dict(), other)
     with pytest.raises(UserError, match=r"other\.pt.*does not match"):
         _model(encoder_weights=str(other), **SMALL)
+
+
+@pytest.mark.parametrize("arch", ["unetplusplus", "unet"])
+@pytest.mark.parametrize(("depth", "dropped"), [(3, ["layer3", "layer4"]), (4, ["layer4"]), (5, [])])
+def test_encoder_stages_the_depth_never_runs_are_dropped_and_the_logits_stay_the_same(arch, depth, dropped):
+    import segmentation_models_pytorch as smp
+
+    decoder = (16, 16, 8, 8, 8)[:depth]
+    torch.manual_seed(0)
+    model = _model(arch=arch, encoder="resnet18", encoder_depth=depth, decoder_channels=decoder).eval()
+    torch.manual_seed(0)  # smp's own model, built alike: the same weights, every stage kept
+    whole = getattr(smp, {"unetplusplus": "UnetPlusPlus", "unet": "Unet"}[arch])(
+        encoder_name="resnet18",
+        encoder_depth=depth,
+        encoder_weights=None,
+        decoder_channels=decoder,
+        in_channels=1,
+        classes=1,
+    ).eval()
+    names = [name for name, _ in whole.encoder.named_children()]
+    assert [name for name in names if not hasattr(model.encoder, name)] == dropped
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(images), whole(images))
+    # every parameter left is used: each gets a gradient
+    model.train()(images).sum().backward()
+    assert all(param.grad is not None for param in model.parameters())
+    # smp's state dict, with the dropped stages' keys, loads strictly: they are discarded
+    model.load_state_dict(whole.state_dict())
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        model.load_state_dict({**whole.state_dict(), "encoder.layer9.weight": torch.zeros(1)})
+
+
+def test_state_dicts_with_the_dropped_stage_load_into_copies_and_into_a_logit_mean():
+    old = _model(encoder="resnet18", decoder_channels=(16, 16, 8, 8)).state_dict()
+    extra = {f"encoder.layer4.{key}": value for key, value in _resnet18_layer4().items()}
+    teacher = copy.deepcopy(_model(encoder="resnet18", decoder_channels=(16, 16, 8, 8)))
+    teacher.load_state_dict({**old, **extra})
+    pair = LogitMean([_model(encoder="resnet18", decoder_channels=(16, 16, 8, 8)) for _ in range(2)])
+    pair.load_state_dict(
+        {f"networks.{i}.{key}": value for i in range(2) for key, value in {**old, **extra}.items()}
+    )
+    for key, value in old.items():
+        assert torch.equal(teacher.state_dict()[key], value)
+        assert torch.equal(pair.state_dict()[f"networks.1.{key}"], value)
+
+
+def _resnet18_layer4() -> dict[str, torch.Tensor]:
+    """The state of a ResNet-18's last stage (what a checkpoint from before it was dropped holds)."""
+    return {
+        key.removeprefix("layer4."): value
+        for key, value in torchvision.models.resnet18(weights=None).state_dict().items()
+        if key.startswith("layer4.")
+    }
 
 
 def test_timm_encoder_names_are_checked_with_timm():
