@@ -194,7 +194,7 @@ def drop_unused_stages(encoder: nn.Module, depth: int) -> list[str]:
     everything that walks the parameters (the meta engine's gradients, the EMA teacher, the broadcast at
     start) and bloat every checkpoint. A stage is dropped when the encoder's ``get_stages()`` (smp's map
     from output stride to stage modules) lists it at a stride above 2**depth and it is a direct child of
-    the encoder (ResNet, ResNeXt, SE-Net, SK-Net, MobileOne, MiT); stages that are slices of one
+    the encoder (ResNet, ResNeXt, SE-Net, SK-Net, MobileOne); stages that are slices of one
     ``nn.Sequential`` (EfficientNet, MobileNet, DPN) and timm encoders (built with their used stages
     only) are left as they are. The output is unchanged. A state dict that still holds the dropped
     stages' keys (a checkpoint from before they were dropped, a full backbone's weights) loads: a
