@@ -47,7 +47,8 @@ def weight_map_rows(
         ``alpha``, ``beta`` (zeros for ``l2rw``) and a ``title`` naming the case and slice.
 
     Raises:
-        UserError: No run folder, a method without meta weights (baseline), or missing data.
+        UserError: No run folder, a method without meta weights (baseline), missing data, or an optimizer
+            state that does not fit the network.
     """
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: run folder not found")
@@ -62,7 +63,16 @@ def weight_map_rows(
     prepared = Path(cfg.data.prepared)
     train_set = load_training_slices(prepared, cfg.data.noise, torch_device)
     meta_set = load_slices(prepared, "meta", "mask", torch_device)
-    step = _rebuild_step(cfg, model, state, device=torch_device, seed=seed, num_labels=train_set.num_labels)
+    try:
+        step = _rebuild_step(
+            cfg, model, state, device=torch_device, seed=seed, num_labels=train_set.num_labels
+        )
+    except ValueError as err:  # torch's message for an optimizer state of other parameters
+        raise UserError(
+            f"{run_dir} ({checkpoint}): its optimizer state does not fit the run's network "
+            f"({' '.join(str(err).split())[:160]}; a last.pt from an earlier mlbseg whose network had other "
+            "parameters); draw the maps from final.pt (--checkpoint final), which holds no optimizer state"
+        ) from None
 
     meta_stream = IndexStream(len(meta_set), cfg.method.meta_batch_size, step.generator)
     names = train_set.slice_names()

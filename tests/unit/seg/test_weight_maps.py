@@ -221,6 +221,15 @@ def test_bad_requests_are_user_errors(tmp_path, prepared):
         weight_map_rows(run, count=0, device="cpu")
     with pytest.raises(UserError, match="checkpoint not found"):
         weight_map_rows(run, checkpoint=str(tmp_path / "missing.pt"), device="cpu")
+    # an optimizer state of one more parameter (a last.pt from before the unused encoder stage went)
+    last = run / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    group["params"] = [*group["params"], len(group["params"])]
+    save_checkpoint(state, last)
+    with pytest.raises(UserError, match=r"\(last\): its optimizer state does not fit.*--checkpoint final"):
+        weight_map_rows(run, device="cpu")
+    assert len(weight_map_rows(run, checkpoint="final", count=1, device="cpu")) == 1
 
 
 def test_three_label_rows_show_class_maps_in_grey_levels_and_per_pixel_weights(tmp_path, spy):
