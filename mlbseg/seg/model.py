@@ -3,8 +3,8 @@
 ``unetplusplus`` and ``unet`` are smp models with a configurable encoder. ``encoder_depth=4`` gives an output
 stride of 16, so 144×144 inputs work (depth 5 needs multiples of 32); the backbone stages beyond the depth,
 which smp builds but never runs, are removed. smp is never asked for pretrained weights (it would download
-them); a local encoder state dict can be loaded instead. ``nested_unet`` is the
-published MLB-Seg code's network (docs/reference.md §6.14), written here from its description.
+them); a local encoder state dict can be loaded instead. ``nested_unet`` is the published MLB-Seg code's
+network (docs/reference.md §6.14), written here from its description.
 """
 
 from __future__ import annotations
@@ -186,8 +186,8 @@ def _build_smp_model(cfg: ModelConfig, in_channels: int, classes: int) -> nn.Mod
     return model
 
 
-def drop_unused_stages(encoder: nn.Module, depth: int) -> list[str]:
-    """Remove the encoder stages that an smp encoder of ``depth`` stages never runs; returns their names.
+def drop_unused_stages(encoder: nn.Module, depth: int) -> None:
+    """Remove, in place, the stages that an smp encoder of ``depth`` stages never runs.
 
     smp builds every stage of a backbone and runs only the first ``depth``: resnet34 at depth 4 keeps
     ``layer4``, 13.1 M of UNet++'s 24.0 M parameters, that no forward touches. Such weights are carried
@@ -203,8 +203,8 @@ def drop_unused_stages(encoder: nn.Module, depth: int) -> list[str]:
     """
     try:
         stages = encoder.get_stages()
-    except (AttributeError, NotImplementedError):
-        return []
+    except (AttributeError, NotImplementedError):  # an encoder without smp's stage map: left whole
+        return
     unused = {id(module) for stride, modules in stages.items() if stride > 2**depth for module in modules}
     names = [name for name, child in encoder.named_children() if id(child) in unused]
     for name in names:
@@ -218,7 +218,6 @@ def drop_unused_stages(encoder: nn.Module, depth: int) -> list[str]:
                     del state_dict[key]
 
         encoder.register_load_state_dict_pre_hook(discard_dropped)
-    return names
 
 
 class VGGBlock(nn.Sequential):
